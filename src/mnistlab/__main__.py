@@ -1,0 +1,3 @@
+from mnistlab.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""`mnistlab train`: train a model from a recipe into a new run directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mnistlab.cli.main import add_common
+
+EXAMPLES = """examples:
+  mnistlab train                                   # default recipe: configs/mnist-fast.yaml
+  mnistlab train mnist-best                        # a shipped recipe by name
+  mnistlab train configs/fashion-fast.yaml --out runs/fashion
+  mnistlab train model.name=resnet optim.lr=3e-3 train.epochs=10
+  mnistlab train --dry-run                         # a few steps on a slice: checks the pipeline
+  mnistlab train --seeds 5 --quiet                 # 5 seeds, mean and standard deviation
+  mnistlab train --resume runs/train-20260101-120000   # continue an interrupted run exactly
+  mnistlab train --nproc 2                         # data-parallel on 2 local processes (torchrun)
+  torchrun --nproc-per-node 4 -m mnistlab train    # the same, started by hand (GPUs, several machines)
+
+overrides are dotted key=value pairs checked against the config's types
+(sections: seed, device, data.*, model.*, optim.*, schedule.*, train.*)."""
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by train and finetune."""
+    p.add_argument("--out", metavar="DIR", help="run directory to create (must not exist); default runs/<verb>-<time>")
+    p.add_argument("--dry-run", action="store_true", help="a few steps on a small slice, to check the pipeline")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="train N seeds (seed, seed+1, ...) and report mean and std")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a recipe", description="Train a model from a YAML recipe with key=value overrides.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]", help="a recipe (path or shipped name) then overrides")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run directory where it stopped")
+    p.add_argument("--nproc", type=int, default=1, metavar="N", help="data-parallel training on N local processes (torchrun)")
+    add_run_options(p)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def split_items(items: list[str]) -> tuple[str | None, list[str]]:
+    """(recipe or None, overrides) from the positional arguments."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    bad = [i for i in items if "=" not in i]
+    if bad:
+        from mnistlab.errors import ConfigError
+
+        raise ConfigError(f"'{bad[0]}' is not key=value", hint="the recipe comes first, then key=value overrides")
+    return None, items
+
+
+def run_seeds(args: argparse.Namespace, cfg, train_one) -> int:
+    """Run ``train_one(cfg, out)`` for each seed; print mean and std when more than one."""
+    from mnistlab.runner import seed_stats
+
+    if args.seeds < 1:
+        from mnistlab.errors import ConfigError
+
+        raise ConfigError("--seeds must be at least 1")
+    results = []
+    base_seed = cfg.seed
+    for k in range(args.seeds):
+        cfg.seed = base_seed + k
+        out = args.out if args.seeds == 1 or args.out is None else str(Path(args.out) / f"seed-{cfg.seed}")
+        results.append(train_one(cfg, out))
+    summaries = [r.summary for r in results if r.summary]
+    if args.json and summaries:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else {"runs": summaries}))
+    if len(summaries) > 1:
+        accs = [s["test_accuracy"] for s in summaries if s.get("test_accuracy") is not None]
+        secs = [s["train_seconds"] for s in summaries]
+        if accs:
+            m, sd = seed_stats(accs)
+            print(f"{len(accs)} seeds: test accuracy {m:.4f} ± {sd:.4f} (min {min(accs):.4f}, max {max(accs):.4f})")
+        m, sd = seed_stats(secs)
+        print(f"train seconds {m:.1f} ± {sd:.1f}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from mnistlab.config import load_config, resolve_recipe
+    from mnistlab.runner import resume_config, run_training
+
+    if args.nproc > 1:
+        from mnistlab.distributed import launch_local
+
+        return launch_local(args.nproc, args)
+    if args.resume:
+        if args.items:
+            from mnistlab.errors import ConfigError
+
+            raise ConfigError("--resume takes no recipe or overrides", hint="a resumed run keeps its saved config.yaml")
+        cfg = resume_config(Path(args.resume))
+        result = run_training(cfg, resume_dir=Path(args.resume), quiet=args.quiet)
+        if args.json:
+            print(json.dumps(result.summary))
+        return 0
+    recipe, overrides = split_items(args.items)
+    cfg = load_config(resolve_recipe(recipe), overrides)
+    return run_seeds(args, cfg, lambda c, out: run_training(c, out=out, quiet=args.quiet, dry_run=args.dry_run))

@@ -1,0 +1,310 @@
+"""Typed run configuration: a YAML recipe plus ``key=value`` overrides.
+
+A recipe is a nested mapping that mirrors the dataclasses below. Overrides use
+dotted keys (``optim.lr=0.01``, ``model.args.width=64``); values are parsed as
+YAML scalars and checked against the field's type. An unknown key or a wrong
+type is a :class:`ConfigError` that names the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from mnistlab.errors import ConfigError
+
+
+@dataclass
+class AugmentConfig:
+    """Batched random augmentation applied to training batches only."""
+
+    rotate: float = 0.0  # max rotation, degrees
+    translate: float = 0.0  # max shift, fraction of the image side
+    scale: float = 0.0  # max relative zoom: 0.1 -> [0.9, 1.1]
+    shear: float = 0.0  # max shear, degrees
+    elastic: float = 0.0  # elastic distortion strength, pixels; 0 = off
+    erase: float = 0.0  # probability of random erasing per image
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"  # spec: registered name, folder:PATH or csv:PATH
+    data_dir: str | None = None  # where to look first for registered datasets
+    test_dataset: str | None = None  # defaults to the test split of `dataset`
+    val_size: float = 5000  # images (>= 1) or a fraction (< 1) carved from train
+    train_limit: int | None = None  # use only the first N training images (after the split)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"
+    args: dict[str, Any] = field(default_factory=dict)  # knobs of the registered builder
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # sgd | adam | adamw
+    lr: float = 1e-3  # peak learning rate
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam/adamw
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # constant | step | cosine | onecycle | plateau
+    warmup_epochs: float = 0.0  # linear warmup from 0, in epochs (fractions allowed)
+    min_lr: float = 0.0  # floor of cosine / onecycle, as a fraction of optim.lr
+    step_epochs: int = 1  # step: decay every N epochs
+    gamma: float = 0.1  # step / plateau: multiply the lr by this
+    patience: int = 2  # plateau: epochs without val-loss improvement before decay
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 128  # global batch, across all processes
+    eval_batch_size: int = 2048
+    label_smoothing: float = 0.0
+    class_weights: list[float] | None = None  # one weight per class for the loss
+    grad_clip: float | None = None  # max global grad norm
+    early_stop_metric: str = "val_acc"  # val_acc | val_loss
+    early_stop_patience: int = 0  # epochs without improvement; 0 = off
+    restore_best: bool = True  # keep the best-validation weights at the end
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    bf16: bool = False  # bfloat16 autocast for the forward pass
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False
+    threads: int | None = None  # torch intra-op threads; None = number of cores
+    tta: bool = False  # test-time augmentation (flip-free: small shifts) at evaluation
+    sync_batchnorm: bool = True  # under data-parallel training
+
+
+def _small_set_augment() -> AugmentConfig:
+    return AugmentConfig(rotate=10.0, translate=0.1, scale=0.1)
+
+
+@dataclass
+class SmallDataConfig:
+    """What `mnistlab finetune` uses instead of the recipe's settings when the training set is small."""
+
+    below: int = 2000  # training sets with fewer images than this count as small; 0 = never
+    steps: int = 300  # optimizer steps in all; epochs = ceil(steps / steps per epoch)
+    batch_size: int = 32  # images per step
+    val_size: float = 0.2  # fraction held out for early stopping, if every class gives >= min_val_per_class
+    min_val_per_class: int = 5  # images; smaller held-out sets select worse weights than the last ones
+    patience: float = 0.3  # early stopping after this fraction of the epochs without improvement; 0 = off
+    early_stop_metric: str = "val_loss"  # what early stopping and best-weights restore watch: val_loss | val_acc
+    augment: AugmentConfig = field(default_factory=_small_set_augment)  # used when data.augment is all zero
+
+
+@dataclass
+class FinetuneConfig:
+    """How `mnistlab finetune` adapts a pretrained model (the CLI flags --strategy/--shots/--merge set these)."""
+
+    parent: str | None = None  # the run directory or artifact fine-tuned from (set by the CLI)
+    strategy: str = "full"  # full | head | partial | lora
+    shots: int | None = None  # train on K images per class (class-balanced, seeded); None = all
+    reset_head: bool = False  # re-initialise the head even when the classes match the parent's
+    layer_lr_decay: float = 1.0  # full/partial: lr factor per block going down from the head (0.5 halves it)
+    partial_blocks: int = 1  # partial: how many of the last body blocks train (the head always trains)
+    gradual_unfreeze: int = 0  # partial: epochs between unfreezing one more block, head first; 0 = all at once
+    lora_rank: int = 4  # rank r of the adapters B @ A
+    lora_alpha: float = 8.0  # adapter output scaled by alpha / r
+    lora_targets: list[str] = field(default_factory=lambda: ["linear", "conv"])  # layer kinds or name globs
+    merge: bool = False  # lora: fold the adapters into plain weights in the saved artifact
+    steps: int | None = None  # optimizer steps in all, overriding train.epochs; None = the recipe's epochs
+    small: SmallDataConfig = field(default_factory=SmallDataConfig)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # read by `mnistlab finetune`
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += _valid_keys(hint, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    """Return ``value`` converted to ``hint``, or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if hint is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}", hint=f"write e.g. {key}=[1,2]")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_check(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, dict):
+            return _from_dict(hint, value, key + ".")
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{key} must be {name}, got {value!r}", hint=f"fix the value of {key}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        valid = ", ".join(_valid_keys(cls, prefix))
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'", hint=f"valid keys: {valid}")
+    kwargs = {k: _check(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a checked :class:`Config` from a (possibly partial) nested mapping."""
+    if not isinstance(data, dict):
+        raise ConfigError("a recipe must be a YAML mapping of sections (data, model, optim, ...)")
+    return _from_dict(Config, data)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The fully resolved configuration as plain data (what `config.yaml` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not key=value", hint="write e.g. optim.lr=0.01")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted ``key=value`` overrides into a nested mapping (checked later)."""
+    valid = ", ".join(_valid_keys(Config))
+    for item in overrides:
+        path, value = _parse_override(item)
+        node: dict[str, Any] = data
+        cls: Any = Config
+        for i, part in enumerate(path[:-1]):
+            hint = _hints(cls).get(part) if cls is not None else None
+            if cls is not None and hint is None:
+                raise ConfigError(f"unknown config key '{'.'.join(path[: i + 1])}'", hint=f"valid keys: {valid}")
+            cls = hint if dataclasses.is_dataclass(hint) else None
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"'{'.'.join(path[: i + 1])}' is not a section", hint=f"valid keys: {valid}")
+        node[path[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a recipe file into a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe '{path}' not found", hint="give a path to a YAML file, e.g. configs/mnist-fast.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe '{path}' is not valid YAML: {err}".splitlines()[0]) from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe '{path}' must be a mapping of sections (data, model, optim, ...)")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a recipe (or the defaults when ``path`` is None) and apply overrides."""
+    data = load_yaml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved configuration as YAML, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+RECIPES_DIR = Path(__file__).parent / "configs"
+DEFAULT_RECIPE = "mnist-fast"
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes that ship with mnistlab (``configs/*.yaml``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def resolve_recipe(name_or_path: str | None) -> Path:
+    """A recipe file from a path, or from a shipped recipe's name (``mnist-fast``)."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_RECIPE
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = RECIPES_DIR / (p.name if p.suffix == ".yaml" else p.name + ".yaml")
+    if shipped.is_file() and (len(p.parts) == 1 or p.parent.name == "configs"):
+        return shipped
+    raise ConfigError(
+        f"recipe '{name_or_path}' not found",
+        hint=f"give a YAML path or a shipped recipe: {', '.join(shipped_recipes())}",
+    )

@@ -1,0 +1,106 @@
+"""The data layer: dataset registry and lookup, IDX files, real-image preprocessing, in-memory datasets, augmentation.
+
+Names are imported on first use, so light commands (``mnistlab data list``) do not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "augment": ("AugmentParams", "augment"),
+    "dataset": ("MNIST_MEAN", "MNIST_STD", "SPLITS", "ImageData", "class_balanced_subset", "load_dataset",
+                "normalize", "split_train_val"),
+    "idx": ("read_idx", "write_idx"),
+    "images": ("IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "ImageError", "image_to_array", "images_to_tensor",
+               "load_image", "preprocess_image"),
+    "registry": ("DATASETS", "DatasetInfo", "FileInfo", "get_dataset_info"),
+    "sources": ("VERIFY_PASSES", "download_file", "locate", "search_dirs", "verify"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = [
+    "AugmentParams",
+    "DATASETS",
+    "DatasetInfo",
+    "FileInfo",
+    "IMAGE_EXTENSIONS",
+    "ImageData",
+    "ImageError",
+    "MAX_IMAGE_PIXELS",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "SPLITS",
+    "VERIFY_PASSES",
+    "augment",
+    "class_balanced_subset",
+    "download_file",
+    "get_dataset_info",
+    "image_to_array",
+    "images_to_tensor",
+    "load_dataset",
+    "load_image",
+    "locate",
+    "normalize",
+    "preprocess_image",
+    "read_idx",
+    "search_dirs",
+    "split_train_val",
+    "verify",
+    "write_idx",
+]
+
+if TYPE_CHECKING:
+    from mnistlab.data.augment import AugmentParams, augment
+    from mnistlab.data.dataset import (
+        MNIST_MEAN,
+        MNIST_STD,
+        SPLITS,
+        ImageData,
+        class_balanced_subset,
+        load_dataset,
+        normalize,
+        split_train_val,
+    )
+    from mnistlab.data.idx import read_idx, write_idx
+    from mnistlab.data.images import (
+        IMAGE_EXTENSIONS,
+        MAX_IMAGE_PIXELS,
+        ImageError,
+        image_to_array,
+        images_to_tensor,
+        load_image,
+        preprocess_image,
+    )
+    from mnistlab.data.registry import DATASETS, DatasetInfo, FileInfo, get_dataset_info
+    from mnistlab.data.sources import VERIFY_PASSES, download_file, locate, search_dirs, verify
+
+
+assert sorted(__all__) == sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mnistlab.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"mnistlab.data.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _DataPackage(types.ModuleType):
+    """Keeps ``mnistlab.data.augment`` the function even after its submodule of the same name loads."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "augment" and isinstance(value, types.ModuleType):
+            return  # the submodule stays reachable as sys.modules["mnistlab.data.augment"]
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _DataPackage

@@ -1,0 +1,136 @@
+"""Batched data augmentation: random affine, elastic distortion and random erasing as tensor math.
+
+Everything runs on the batch's own device with one call per batch (no per-image Python), and
+every random draw comes from the caller's generator, so a seed reproduces a batch exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentParams:
+    """How strongly to augment; every field 0 means no augmentation."""
+
+    rotate: float = 0.0  # max degrees, uniform in [-rotate, rotate]
+    translate: float = 0.0  # max shift as a fraction of the image size, per axis
+    scale: float = 0.0  # max relative size change: 0.1 -> uniform in [0.9, 1.1]
+    shear: float = 0.0  # max degrees of horizontal shear
+    elastic: float = 0.0  # elastic distortion strength alpha, pixels (Simard et al. use 34); 0 = off
+    elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels (Gaussian sigma)
+    erase: float = 0.0  # probability of erasing one random rectangle per image
+
+    @property
+    def enabled(self) -> bool:
+        """True when any augmentation is switched on."""
+        return any(v > 0 for v in (self.rotate, self.translate, self.scale, self.shear, self.elastic, self.erase))
+
+    @property
+    def geometric(self) -> bool:
+        """True when the images are resampled (affine or elastic)."""
+        return any(v > 0 for v in (self.rotate, self.translate, self.scale, self.shear, self.elastic))
+
+
+def _uniform(n: int, bound: float, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """n draws from U(-bound, bound), float32 on x's device."""
+    return (torch.rand(n, device=x.device, generator=generator) * 2 - 1) * bound
+
+
+def _affine_theta(x: torch.Tensor, p: AugmentParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Per-image sampling matrices [B, 2, 3] for F.affine_grid (output -> input coordinates)."""
+    b, _, h, w = x.shape
+    angle = _uniform(b, math.radians(p.rotate), x, generator)
+    shear = _uniform(b, math.radians(p.shear), x, generator)
+    zoom = 1 + _uniform(b, p.scale, x, generator)
+    shift = _uniform(2 * b, 2 * p.translate, x, generator).view(b, 2)  # normalised units: 2 = full size
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+    # Forward map in pixel units: zoom * R(angle) @ [[1, tan], [0, 1]].
+    a11, a12 = zoom * cos, zoom * (cos * tan - sin)
+    a21, a22 = zoom * sin, zoom * (sin * tan + cos)
+    det = (a11 * a22 - a12 * a21).view(b, 1, 1)
+    # affine_grid wants the inverse map in normalised units: D^-1 A^-1 D with D = diag(w, h) / 2,
+    # so a rotation stays a rotation when h != w.
+    inv = torch.stack([a22, -a12 * h / w, -a21 * w / h, a11], dim=1).view(b, 2, 2) / det
+    t = -(inv @ shift.unsqueeze(2))  # [B, 2, 2] @ [B, 2, 1] -> [B, 2, 1]
+    return torch.cat([inv, t], dim=2)  # [B, 2, 3]
+
+
+def _blur_matrix(n: int, sigma: float, device: torch.device) -> torch.Tensor:
+    """Gaussian smoothing along one axis of length n as a matrix [n, n] (edges replicated).
+
+    ``v @ m`` smooths the last axis of ``v``; a matrix product is much faster on CPU than a
+    single-channel convolution with a wide kernel.
+    """
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=device)
+    weights = torch.exp(-0.5 * (offsets.float() / sigma) ** 2)
+    weights = weights / weights.sum()
+    out_pos = torch.arange(n, device=device)
+    src_pos = (out_pos.view(1, n) + offsets.view(-1, 1)).clamp(0, n - 1)  # [K, n]: input feeding each output
+    m = torch.zeros(n, n, device=device)
+    m.index_put_((src_pos.flatten(), out_pos.repeat(len(offsets))), weights.repeat_interleave(n), accumulate=True)
+    return m
+
+
+def _elastic_field(x: torch.Tensor, p: AugmentParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Smooth random displacements [B, H, W, 2] in normalised grid units (x, y order).
+
+    As Simard et al. (2003): uniform noise in [-1, 1] per pixel, smoothed by a Gaussian of
+    ``elastic_sigma`` pixels, scaled by ``elastic`` pixels.
+    """
+    b, _, h, w = x.shape
+    noise = torch.rand(b, 2, h, w, device=x.device, generator=generator) * 2 - 1  # [B, 2, H, W]
+    smooth = _blur_matrix(h, p.elastic_sigma, x.device).T @ noise @ _blur_matrix(w, p.elastic_sigma, x.device)
+    # elastic pixels -> normalised units: 2 units span the width (x) or the height (y)
+    scale = torch.tensor([2.0 * p.elastic / w, 2.0 * p.elastic / h], device=x.device, dtype=smooth.dtype)
+    return (smooth * scale.view(1, 2, 1, 1)).permute(0, 2, 3, 1)  # [B, 2, H, W] -> [B, H, W, 2]
+
+
+def _erase(x: torch.Tensor, prob: float, fill: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Set one random rectangle (2-33% of the area, aspect 0.3-3.3) to ``fill`` in a fraction of images."""
+    b, _, h, w = x.shape
+    draws = torch.rand(b, 5, device=x.device, generator=generator)  # [B, (apply, area, ratio, top, left)]
+    area = (0.02 + draws[:, 1] * 0.31) * h * w
+    ratio = torch.exp(math.log(0.3) + draws[:, 2] * (math.log(3.3) - math.log(0.3)))
+    eh = torch.sqrt(area * ratio).clamp(1, h)
+    ew = torch.sqrt(area / ratio).clamp(1, w)
+    top = draws[:, 3] * (h - eh)
+    left = draws[:, 4] * (w - ew)
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = ((ys >= top.view(b, 1, 1)) & (ys < (top + eh).view(b, 1, 1))
+              & (xs >= left.view(b, 1, 1)) & (xs < (left + ew).view(b, 1, 1)))  # [B, H, W]
+    mask = (inside & (draws[:, 0] < prob).view(b, 1, 1)).unsqueeze(1)  # [B, 1, H, W]
+    return x.masked_fill(mask, fill)  # the mask broadcasts over channels
+
+
+def augment(x: torch.Tensor, p: AugmentParams, generator: torch.Generator | None = None,
+            fill: float = 0.0) -> torch.Tensor:
+    """Randomly augment a float batch [B, C, H, W]; returns a new tensor of the same shape.
+
+    ``fill`` is the value of a black pixel in ``x``'s scale (0 for [0, 1] images,
+    -mean/std for normalised ones); it fills whatever moves in from outside and erased areas.
+    ``generator`` must live on ``x.device``. Returns ``x`` itself when nothing is enabled.
+    """
+    if not p.enabled or x.shape[0] == 0:
+        return x
+    if not x.is_floating_point():
+        raise TypeError(f"augment needs a floating-point batch, got {x.dtype}; call normalize() first")
+    out = x
+    if p.geometric:
+        theta = _affine_theta(x, p, generator)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # [B, H, W, 2]
+        if p.elastic > 0:
+            grid = grid + _elastic_field(x, p, generator).to(x.dtype)
+        # Sampling x - fill with zero padding and adding fill back pads with ``fill``.
+        shifted = x - fill if fill else x
+        out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = out + fill if fill else out
+    if p.erase > 0:
+        out = _erase(out, p.erase, fill, generator)
+    return out

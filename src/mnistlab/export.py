@@ -1,0 +1,225 @@
+"""Export a trained model to ONNX or TorchScript, with the preprocessing contract inside.
+
+The exported graph takes ``pixels``: uint8 [N, 1, S, S], the preprocessed image in MNIST
+polarity (0 background, 255 ink), exactly what ``mnistlab.data.images.preprocess_image``
+returns, and gives ``logits`` and ``probabilities``, float32 [N, classes]. Normalisation by the
+card's mean and std is part of the graph; the batch size is dynamic; the model card (class names,
+preprocessing) is stored in the file (ONNX ``metadata_props`` under ``mnistlab.card``, TorchScript
+extra file ``model.json``). After writing, :func:`check_parity` compares the file with eager
+PyTorch on real images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnistlab.artifact import ModelCard, unwrap
+from mnistlab.errors import MnistlabError
+from mnistlab.evaluate import predict_logits
+from mnistlab.predict import META_CARD, OnnxPredictor
+from mnistlab.runs import atomic_write_bytes
+
+INPUT_NAME = "pixels"
+OUTPUT_NAMES = ("logits", "probabilities")
+TORCHSCRIPT_CARD = "model.json"
+# int8 covers the weight-heavy ops; softmax and normalisation stay float, so probabilities sum to 1
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+class PixelClassifier(nn.Module):
+    """uint8 pixels [N, 1, S, S] -> (logits, probabilities) float32 [N, classes].
+
+    Normalises exactly as training does (``mnistlab.data.normalize``): x/255, minus mean, over std.
+    """
+
+    def __init__(self, model: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.model = unwrap(model)
+        self.mean = float(mean)
+        self.std = float(std)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (pixels.float() / 255.0 - self.mean) / self.std
+        logits = self.model(x)
+        return logits, F.softmax(logits, dim=1)
+
+
+def _card_json(card: ModelCard) -> str:
+    return json.dumps(card.to_dict(), sort_keys=True)
+
+
+def _metadata(card: ModelCard) -> dict[str, str]:
+    """What an exported file says about itself, as string key/value pairs."""
+    size = card.preprocess.size
+    return {
+        META_CARD: _card_json(card),
+        "classes": json.dumps(card.classes),
+        "preprocess": json.dumps(asdict(card.preprocess)),
+        "input": (f"{INPUT_NAME}: uint8 [N, {card.preprocess.channels}, {size}, {size}], MNIST-style preprocessed "
+                  "image, 0 background, 255 ink; normalisation is inside the graph"),
+        "outputs": "logits, probabilities: float32 [N, classes]",
+    }
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's progress lines and its warnings about optional packages."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _example(card: ModelCard) -> torch.Tensor:
+    size = card.preprocess.size
+    return torch.zeros(2, card.preprocess.channels, size, size, dtype=torch.uint8)
+
+
+def export_onnx(model: nn.Module, card: ModelCard, out: Path, *, opset: int | None = None) -> Path:
+    """Write ``model`` as one self-contained ONNX file (uint8 pixels in, dynamic batch)."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs onnx and onnxscript)
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise MnistlabError("ONNX export needs onnx and onnxscript", hint="pip install 'mnistlab[export]'") from None
+    wrapper = PixelClassifier(model, card.preprocess.mean, card.preprocess.std).cpu().eval()
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            wrapper, (_example(card),), dynamo=True, verbose=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_shapes={"pixels": {0: batch}},
+        )
+    proto = program.model_proto
+    _set_metadata(proto, card)
+    proto.doc_string = f"mnistlab {card.arch} classifier over {len(card.classes)} classes ({card.dataset or 'custom data'})"
+    atomic_write_bytes(out, proto.SerializeToString())
+    return out
+
+
+def _set_metadata(proto: Any, card: ModelCard) -> None:
+    """Replace the ONNX model's metadata_props with the card's key/value pairs."""
+    del proto.metadata_props[:]
+    for key, value in _metadata(card).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def export_torchscript(model: nn.Module, card: ModelCard, out: Path) -> Path:
+    """Write ``model`` as a traced TorchScript file with the card as extra file ``model.json``."""
+    wrapper = PixelClassifier(model, card.preprocess.mean, card.preprocess.std).cpu().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still the way to get a .pt graph
+        traced = torch.jit.trace(wrapper, (_example(card),))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.jit.save(traced, tmp, _extra_files={TORCHSCRIPT_CARD: _card_json(card)})
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return out
+
+
+def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """A TorchScript file written by :func:`export_torchscript` and its card (a dict)."""
+    extra = {TORCHSCRIPT_CARD: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return module.eval(), json.loads(extra[TORCHSCRIPT_CARD] or "{}")
+
+
+@dataclass
+class Parity:
+    """How an exported file compares with eager PyTorch on the same images."""
+
+    images: int
+    source: str  # where the images came from, e.g. "mnist test"
+    max_logit_diff: float
+    same_predictions: float  # share of images where both pick the same class
+    accuracy_eager: float | None = None  # when labels are known
+    accuracy_export: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def exported_logits(path: Path, pixels: np.ndarray, fmt: str) -> np.ndarray:
+    """Logits float32 [N, classes] of an exported file for uint8 pixels [N, 1, S, S]."""
+    if fmt == "onnx":
+        return OnnxPredictor(path).run(pixels)[0]
+    module, _ = load_torchscript(path)
+    with torch.inference_mode():
+        parts = [module(torch.from_numpy(pixels[i:i + 1024]))[0] for i in range(0, len(pixels), 1024)]
+    return torch.cat(parts).numpy()
+
+
+def check_parity(model: nn.Module, card: ModelCard, path: Path, fmt: str, pixels: torch.Tensor,
+                 labels: torch.Tensor | None, source: str) -> Parity:
+    """Compare the exported file with eager PyTorch (the evaluation path) on uint8 pixels [N, 1, S, S]."""
+    eager = predict_logits(unwrap(model), pixels, mean=card.preprocess.mean, std=card.preprocess.std).numpy()
+    exported = exported_logits(path, pixels.numpy(), fmt)
+    parity = Parity(
+        images=len(pixels), source=source,
+        max_logit_diff=float(np.abs(eager - exported).max()) if len(pixels) else 0.0,
+        same_predictions=float((eager.argmax(1) == exported.argmax(1)).mean()) if len(pixels) else 1.0,
+    )
+    if labels is not None and len(labels) and int(labels.min()) >= 0:
+        y = labels.numpy()
+        parity.accuracy_eager = float((eager.argmax(1) == y).mean())
+        parity.accuracy_export = float((exported.argmax(1) == y).mean())
+    return parity
+
+
+class _Calibration:
+    """Feeds uint8 pixel batches to onnxruntime's static quantization calibrator."""
+
+    def __init__(self, pixels: np.ndarray, batch: int = 128) -> None:
+        self._batches = iter([{INPUT_NAME: pixels[i:i + batch]} for i in range(0, len(pixels), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_onnx(src: Path, out: Path, calibration: np.ndarray, card: ModelCard) -> Path:
+    """Static int8 quantization (QDQ, per-channel weights) calibrated on uint8 pixels [M, 1, S, S]."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(_Calibration, CalibrationDataReader):
+        pass
+
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quantized = Path(tmp) / "quantized.onnx"
+        with _quiet_exporter(), contextlib.redirect_stderr(io.StringIO()):
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+            quantize_static(str(prepared), str(quantized), Reader(calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=QUANTIZED_OPS)
+        proto = onnx.load(str(quantized))
+        _set_metadata(proto, card)
+        atomic_write_bytes(out, proto.SerializeToString())
+    return out

@@ -1,0 +1,217 @@
+"""One training run end to end: data, model, fit, evaluation, run directory and artifact."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnistlab.artifact import ModelCard, Preprocess, library_versions, save_artifact
+from mnistlab.config import Config, config_from_dict, load_yaml, save_config
+from mnistlab.data.dataset import ImageData, load_dataset, split_train_val
+from mnistlab.distributed import barrier, default_threads, init_distributed, on_main, peer_errors
+from mnistlab.errors import MnistlabError
+from mnistlab.evaluate import (
+    format_report,
+    plot_confusion,
+    plot_curves,
+    plot_top_losses,
+    predict_logits,
+    report_from_logits,
+)
+from mnistlab.models import count_params, create_model
+from mnistlab.runs import new_run_dir, write_json
+from mnistlab.train import EpochCallback, FitResult, fit, resolve_device, world
+
+DRY_RUN_TRAIN = 512  # images in the --dry-run slice
+DRY_RUN_EVAL = 256
+DRY_RUN_STEPS = 4  # optimizer steps per epoch under --dry-run
+SMALL_SET_VAL_FRACTION = 0.1  # validation share when the training set is too small for val_size images
+
+
+@dataclass
+class Splits:
+    train: ImageData
+    val: ImageData | None
+    test: ImageData | None
+
+
+@dataclass
+class Built:
+    """What a model builder returns: the model, optional optimizer groups, extra card fields."""
+
+    model: torch.nn.Module
+    param_groups: list[dict[str, Any]] | None = None
+    card: dict[str, Any] | None = None  # e.g. {"parent": ..., "adapters": ...}
+    summary: dict[str, Any] | None = None  # extra figures for summary.json (e.g. the parent's test accuracy)
+    finalize: Callable[[torch.nn.Module], torch.nn.Module] | None = None  # applied to the trained model before saving
+
+
+ModelBuilder = Callable[[Config, Splits], Built]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    fit: FitResult
+
+
+def load_splits(cfg: Config, *, dry_run: bool = False, progress: bool = True) -> Splits:
+    """Train / validation / test data as the config says (validation carved from train, seeded)."""
+    dc = cfg.data
+    train = load_dataset(dc.dataset, "train", data_dir=dc.data_dir, progress=progress)
+    val_size = dc.val_size
+    if val_size >= 1 and len(train) < 4 * val_size:
+        val_size = SMALL_SET_VAL_FRACTION
+    train, val = split_train_val(train, val_size, seed=cfg.seed) if val_size > 0 else (train, None)
+    if dc.train_limit is not None:
+        train = train.subset(torch.arange(min(dc.train_limit, len(train))))
+    test_spec = dc.test_dataset or dc.dataset
+    try:
+        test = load_dataset(test_spec, "test", data_dir=dc.data_dir, progress=progress)
+    except MnistlabError as err:
+        if dc.test_dataset is not None:
+            raise
+        print(f"warning: no test set ({err}); set data.test_dataset to evaluate on one", file=sys.stderr)
+        test = None
+    if test is not None and test.classes != train.classes:
+        raise MnistlabError(
+            f"test set '{test_spec}' has classes {test.classes[:5]}... but training data has {train.classes[:5]}...",
+            hint="use a test set with the same class folders",
+        )
+    if dry_run:
+        train = train.subset(torch.arange(min(DRY_RUN_TRAIN, len(train))))
+        val = val.subset(torch.arange(min(DRY_RUN_EVAL, len(val)))) if val is not None else None
+        test = test.subset(torch.arange(min(DRY_RUN_EVAL, len(test)))) if test is not None else None
+    return Splits(train, val if val is not None and len(val) else None, test)
+
+
+def build_from_registry(cfg: Config, splits: Splits) -> Built:
+    """A fresh model from the registry, sized for the data's channels and classes."""
+    channels = splits.train.images.shape[1]
+    return Built(create_model(cfg.model.name, in_channels=channels, num_classes=len(splits.train.classes), **cfg.model.args))
+
+
+def run_training(
+    cfg: Config,
+    *,
+    out: str | Path | None = None,
+    resume_dir: Path | None = None,
+    quiet: bool = False,
+    dry_run: bool = False,
+    builder: ModelBuilder = build_from_registry,
+    prefix: str = "train",
+    epoch_callback: EpochCallback | None = None,
+    splits: Splits | None = None,
+    evaluate_test: bool = True,
+) -> RunResult:
+    """Train per ``cfg`` into a new run directory (or continue ``resume_dir``) and evaluate on test.
+
+    ``splits`` replaces the data the config names (cross-validation folds);
+    ``evaluate_test=False`` never touches the test set (hyperparameter search).
+    """
+    torch.set_num_threads(cfg.train.threads or default_threads())
+    device = init_distributed(resolve_device(cfg.device))  # joins torchrun's process group, if any
+    rank, world_size = world()
+    main = rank == 0
+    torch.manual_seed(cfg.seed)
+    if splits is None:
+        splits = load_splits(cfg, dry_run=dry_run, progress=not quiet and main)
+    if not evaluate_test:
+        splits = Splits(splits.train, splits.val, None)
+    built = builder(cfg, splits)
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+    else:  # created once, by rank 0; every rank learns the path (a resume reads it on all ranks)
+        run_dir = on_main(lambda: new_run_dir(out, prefix=prefix))
+    if main and resume_dir is None:
+        save_config(cfg, run_dir / "config.yaml")
+    if main and not quiet:
+        print(f"run {run_dir}: {cfg.model.name} ({count_params(built.model):,} params) on {cfg.data.dataset} "
+              f"({len(splits.train):,} train, {len(splits.val) if splits.val else 0:,} val), device {device}"
+              + (f" x {world_size} processes" if world_size > 1 else ""))
+    if main and world_size > 1 and cfg.train.sync_batchnorm and device.type != "cuda" and getattr(built.model, "uses_batchnorm", False):
+        print("warning: train.sync_batchnorm needs CUDA; on CPU each process normalises with its own shard's statistics",
+              file=sys.stderr)
+    with peer_errors():  # a peer that died ends this rank with one clear line, not a hang or a trace
+        result = fit(cfg, built.model, splits.train, splits.val, device=device, run_dir=run_dir,
+                     resume=resume_dir is not None, quiet=quiet, param_groups=built.param_groups,
+                     epoch_callback=epoch_callback, max_steps=DRY_RUN_STEPS if dry_run else None)
+    if built.finalize is not None:  # e.g. fold LoRA adapters into plain weights
+        result.model = built.finalize(result.model)
+    result.extra.update(built.summary or {})
+    summary = finish_run(cfg, result, splits, run_dir, device=device, card_extra=built.card, quiet=quiet) if main else {}
+    barrier()  # every rank ends with the run directory complete
+    return RunResult(run_dir, summary, result)
+
+
+def finish_run(cfg: Config, result: FitResult, splits: Splits, run_dir: Path, *, device: torch.device,
+               card_extra: dict[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Evaluate the final model on test; write summary, artifact and plots into ``run_dir``."""
+    model = result.model
+    train = splits.train
+    summary: dict[str, Any] = {
+        "test_accuracy": None,
+        "test_loss": None,
+        "train_seconds": round(result.train_seconds, 3),
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "params": count_params(model),
+        "val_accuracy": next((h["val_acc"] for h in result.history if h["epoch"] == result.best_epoch), None),
+        "seed": cfg.seed,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "model": cfg.model.name,
+        "dataset": cfg.data.dataset,
+        "train_images": len(train),
+    }
+    report = None
+    if splits.test is not None:
+        logits = predict_logits(model, splits.test.images, mean=train.mean, std=train.std,
+                                batch_size=cfg.train.eval_batch_size, device=device, tta=cfg.train.tta)
+        report = report_from_logits(logits, splits.test.labels, splits.test.classes)
+        summary.update(test_accuracy=report.accuracy, test_loss=report.loss, per_class=report.per_class,
+                       macro=report.macro, weighted=report.weighted)
+        plot_confusion(report, run_dir / "confusion_matrix.png")
+        plot_top_losses(splits.test.images, logits, splits.test.labels, splits.test.classes, run_dir / "top_losses.png")
+    summary.update(result.extra)
+    if result.history:
+        plot_curves(result.history, run_dir / "curves.png")
+    card = ModelCard(
+        arch=model.arch_name,
+        arch_args=dict(model.arch_args),
+        classes=list(train.classes),
+        preprocess=Preprocess(size=train.images.shape[-1], channels=train.images.shape[1], mean=train.mean, std=train.std),
+        dataset=cfg.data.dataset,
+        metrics={k: summary[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "epochs", "train_seconds")},
+        versions=library_versions(),
+        **(card_extra or {}),
+    )
+    save_artifact(run_dir, model, card)
+    write_json(run_dir / "summary.json", summary)
+    if not quiet:
+        if report is not None:
+            print(format_report(report))
+        acc = "n/a" if summary["test_accuracy"] is None else f"{summary['test_accuracy']:.4f}"
+        print(f"test accuracy {acc}  train {summary['train_seconds']:.1f}s  -> {run_dir}")
+    return summary
+
+
+def resume_config(run_dir: Path) -> Config:
+    """The resolved config saved in a run directory."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise MnistlabError(f"'{run_dir}' is not a run directory (no config.yaml)", hint="give the directory printed by `mnistlab train`")
+    return config_from_dict(load_yaml(path))
+
+
+def seed_stats(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0

@@ -1,0 +1,1 @@
+"""Hyperparameter search on Optuna: spaces, resumable studies and their reports (see mnistlab.tune)."""

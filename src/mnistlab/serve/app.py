@@ -1,0 +1,185 @@
+"""The HTTP app: a drawing page, prediction endpoints, health and the model card.
+
+``create_app(settings)`` loads the model and returns a FastAPI app; importing this module loads
+no model and starts nothing. Every image goes through the one preprocessing path (``Predictor.prepare``), and
+concurrent requests share forward passes through a :class:`MicroBatcher`.
+"""
+
+from __future__ import annotations
+
+import io
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from mnistlab import __version__
+from mnistlab.errors import MnistlabError
+from mnistlab.predict import Predictor, load_predictor, predictions_from_probs
+from mnistlab.serve.batcher import MicroBatcher
+from mnistlab.serve.payload import PayloadError, extract_images, read_body
+from mnistlab.serve.settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+INLINE_DECODE_BYTES = 64 * 1024  # larger images are decoded in a worker thread, off the event loop
+
+_BINARY = {"type": "string", "format": "binary"}
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": _BINARY}, "required": ["file"]}},
+    "application/json": {"schema": {"type": "object", "properties": {"image": {"type": "string", "description": "base64"}},
+                                     "required": ["image"]}},
+    "image/png": {"schema": _BINARY},
+}}}
+# Query options are read by hand (query_options), which keeps FastAPI's per-request work small; declared here for /docs.
+TOP_K = {"name": "top_k", "in": "query", "required": False, "description": "length of the top_k list (default 3)",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+PREVIEW = {"name": "preview", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+           "description": "also return the 28x28 pixels the model saw"}
+BATCH_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"files": {"type": "array", "items": _BINARY}}}},
+    "application/json": {"schema": {"type": "object", "properties": {"images": {"type": "array", "items": {"type": "string"}}}}},
+}}}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def check_pixels(data: bytes, name: str, limit: int) -> None:
+    """Refuse an image whose header declares more than ``limit`` pixels, before any pixel is decoded.
+
+    ``load_image`` has its own, larger limit for files on disk; a server takes less, since a small
+    body that decodes to hundreds of megabytes is an easy way to exhaust its memory.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:  # not an image, or past PIL's own bomb limit: load_image says which
+        return
+    if width * height > limit:
+        raise PayloadError(400, f"{name}: image too large ({width}x{height} = {width * height:,} pixels, "
+                                f"this server's limit is {limit:,}); scale it down first")
+
+
+async def prepare(predictor: Predictor, name: str, data: bytes, max_pixels: int) -> np.ndarray:
+    """The model's 28x28 view (uint8 [S, S]) of image bytes; bad images raise PayloadError 400."""
+    check_pixels(data, name, max_pixels)
+    try:
+        if len(data) > INLINE_DECODE_BYTES:
+            return await run_in_threadpool(predictor.prepare_source, data, name)
+        return predictor.prepare_source(data, name)
+    except MnistlabError as err:  # not an image, corrupt, truncated, too many pixels
+        raise PayloadError(400, str(err)) from None
+    except Exception as err:  # an image PIL opens but cannot convert: still the client's input
+        raise PayloadError(400, f"{name}: cannot process image ({type(err).__name__}: {err})") from None
+
+
+def query_options(request: Request) -> tuple[int | None, bool]:
+    """(top_k, preview) from the query string; invalid values are a 422 with a JSON error."""
+    params = request.query_params
+    top_k = params.get("top_k")
+    if top_k is not None:
+        if not top_k.isdigit() or not 1 <= int(top_k) <= 1000:
+            raise PayloadError(422, f"top_k must be an integer from 1 to 1000, got {top_k!r}")
+        top_k = int(top_k)
+    preview = params.get("preview", "false").lower()
+    if preview not in ("true", "false", "1", "0", "yes", "no"):
+        raise PayloadError(422, f"preview must be true or false, got {preview!r}")
+    return top_k, preview in ("true", "1", "yes")
+
+
+def model_info(predictor: Predictor) -> dict[str, Any]:
+    """What GET /model answers: the model card plus how it is served."""
+    s = predictor.size
+    return {"name": predictor.name, "backend": predictor.backend, "classes": predictor.classes,
+            "input": f"any image; preprocessed MNIST-style to {s}x{s} (see 'preview' in /predict?preview=true)",
+            "card": predictor.card}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Load the model named by ``settings`` and build the app around it."""
+    predictor = load_predictor(settings.model, device=settings.device, threads=settings.threads)
+    batcher = MicroBatcher(lambda px: predictor.run(px)[1], max_batch=settings.max_batch,
+                           wait_s=settings.batch_wait_ms / 1000, in_thread=settings.batch_in_thread)
+    page = (STATIC / "index.html").read_text()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="mnistlab", version=__version__, lifespan=lifespan,
+                  description=f"Image classification with model '{predictor.name}' ({predictor.backend}). "
+                              "Draw at / ; POST images to /predict.")
+    app.state.settings, app.state.predictor, app.state.batcher = settings, predictor, batcher
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(PayloadError)
+    async def _payload_error(_: Request, err: PayloadError) -> JSONResponse:
+        return error_response(err.status, err.message)
+
+    async def classify(pixels: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
+        probs = await batcher.submit(pixels[:, None])  # [N, S, S] -> [N, 1, S, S]
+        preds = predictions_from_probs(probs, predictor.classes, top_k or settings.top_k)
+        return [{**p.to_dict(), "model": predictor.name} for p in preds]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness, with the model's name and how many images were predicted."""
+        return {"status": "ok", "model": predictor.name, "backend": predictor.backend,
+                "images": batcher.images, "batches": batcher.batches}
+
+    @app.get("/model")
+    async def model_card() -> dict[str, Any]:
+        """The model card: architecture, classes, preprocessing, metrics, versions."""
+        return model_info(predictor)
+
+    @app.post("/predict", openapi_extra={**PREDICT_BODY, "parameters": [TOP_K, PREVIEW]})
+    async def predict(request: Request) -> JSONResponse:
+        """Classify one image: multipart field 'file', JSON {"image": base64} or raw image bytes."""
+        top_k, preview = query_options(request)
+        body = await read_body(request, settings.max_body_bytes)
+        [(name, data)] = await extract_images(request, body, many=False, max_images=1)
+        pixels = await prepare(predictor, name, data, settings.max_pixels)
+        [result] = await classify(pixels[None], top_k)
+        if preview:
+            result["preview"] = pixels.tolist()
+        return JSONResponse(result)
+
+    @app.post("/predict/batch", openapi_extra={**BATCH_BODY, "parameters": [TOP_K]})
+    async def predict_batch(request: Request) -> JSONResponse:
+        """Classify many images; a bad image gets an 'error' entry and the rest are still classified."""
+        top_k, _ = query_options(request)
+        body = await read_body(request, settings.max_body_bytes)
+        items = await extract_images(request, body, many=True, max_images=settings.max_images)
+        results: list[dict[str, Any]] = []
+        good: list[tuple[int, np.ndarray]] = []
+        for i, (name, data) in enumerate(items):
+            try:
+                good.append((i, await prepare(predictor, name, data, settings.max_pixels)))
+                results.append({})
+            except PayloadError as err:
+                results.append({"name": name, "error": err.message})
+        if good:
+            preds = await classify(np.stack([px for _, px in good]), top_k)
+            for (i, _), pred in zip(good, preds, strict=True):
+                results[i] = {"name": items[i][0], **pred}
+        return JSONResponse({"results": results, "model": predictor.name,
+                             "failed": sum(1 for r in results if "error" in r)})
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The app for a uvicorn worker process (``mnistlab serve --workers N``)."""
+    return create_app(Settings.from_env())

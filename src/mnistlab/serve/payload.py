@@ -1,0 +1,123 @@
+"""Request bodies -> image bytes, with limits; every bad input becomes a :class:`PayloadError`.
+
+Accepted bodies: ``multipart/form-data`` (field ``file``; any number of file fields for a
+batch), JSON (``{"image": "<base64>"}``, or ``{"images": [...]}`` for a batch; a ``data:`` URL
+prefix is allowed) and raw bytes (``image/*`` or ``application/octet-stream``, single image).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from starlette.requests import Request
+
+RAW_TYPES = ("application/octet-stream",)
+
+
+class PayloadError(Exception):
+    """A request the server refuses: an HTTP status and a one-line message for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 once it passes ``limit`` bytes (before reading it all)."""
+    too_big = PayloadError(413, f"request body over the {limit:,}-byte limit; send a smaller image")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise too_big
+        except ValueError:
+            raise PayloadError(400, f"invalid Content-Length header {declared!r}") from None
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_base64(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise PayloadError(400, f"{where} must be a base64 string, got {type(value).__name__}")
+    if value.startswith("data:"):  # a data URL, as canvas.toDataURL() gives
+        _, _, value = value.partition(",")
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise PayloadError(400, f"{where} is not valid base64") from None
+
+
+def _from_json(body: bytes, many: bool, max_images: int) -> list[tuple[str, bytes]]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise PayloadError(400, "body is not valid JSON") from None
+    key = "images" if many else "image"
+    if not isinstance(data, dict) or key not in data:
+        example = '{"images": ["<base64>", ...]}' if many else '{"image": "<base64>"}'
+        raise PayloadError(400, f"JSON body must be an object like {example}")
+    if not many:
+        return [("image", _decode_base64(data[key], "'image'"))]
+    items = data[key]
+    if not isinstance(items, list) or not items:
+        raise PayloadError(400, "'images' must be a non-empty list of base64 strings")
+    _check_count(len(items), max_images)
+    return [(f"images[{i}]", _decode_base64(v, f"images[{i}]")) for i, v in enumerate(items)]
+
+
+async def _from_multipart(request: Request, body: bytes, many: bool, max_images: int) -> list[tuple[str, bytes]]:
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=max_images + 1, max_fields=100).parse()
+    except MultiPartException as err:
+        raise PayloadError(400, f"malformed multipart body: {err.message}") from None
+    except (ValueError, KeyError, AssertionError) as err:  # parser errors on garbage bodies
+        raise PayloadError(400, f"malformed multipart body: {err}") from None
+    try:
+        files = [(key, value) for key, value in form.multi_items() if hasattr(value, "read")]
+        if not many:
+            upload = form.get("file")
+            if upload is None or not hasattr(upload, "read"):
+                got = ", ".join(sorted(set(form.keys()))) or "none"
+                raise PayloadError(400, f"multipart field 'file' with the image is missing (fields sent: {got})")
+            files = [("file", upload)]
+        if not files:
+            raise PayloadError(400, "no image files in the multipart body; send them as fields 'files'")
+        _check_count(len(files), max_images)
+        return [(upload.filename or key, await upload.read()) for key, upload in files]
+    finally:
+        await form.close()
+
+
+def _check_count(n: int, max_images: int) -> None:
+    if n > max_images:
+        raise PayloadError(413, f"{n} images in one request, the limit is {max_images}; split the batch")
+
+
+async def extract_images(request: Request, body: bytes, *, many: bool, max_images: int) -> list[tuple[str, bytes]]:
+    """(name, image bytes) pairs from a request body, by its Content-Type."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return await _from_multipart(request, body, many, max_images)
+    if ctype == "application/json" or ctype.endswith("+json"):
+        return _from_json(body, many, max_images)
+    if ctype.startswith("image/") or ctype in RAW_TYPES:
+        if many:
+            raise PayloadError(415, "a batch needs multipart/form-data or JSON {\"images\": [...]}")
+        return [("body", body)]
+    raise PayloadError(415, f"unsupported Content-Type {ctype or '(none)'!r}; send multipart/form-data "
+                            "with field 'file', JSON {\"image\": \"<base64>\"}, or raw image/* bytes")

@@ -1,0 +1,204 @@
+"""The training loop, run directories, artifacts, exact resume and the train/eval CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mnistlab.artifact import load_artifact
+from mnistlab.cli.main import main
+from mnistlab.config import load_config, resolve_recipe, shipped_recipes
+from mnistlab.runner import run_training
+
+FAST = ["model.name=cnn", "train.epochs=2", "train.batch_size=64", "data.val_size=200", "optim.lr=0.003",
+        "train.eval_batch_size=500"]
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_writes_the_run_directory_and_learns(synthetic_data, capsys):
+    code, out, _ = _cli(capsys, "train", *FAST, "--out", "run", "--quiet")
+    assert code == 0
+    run = Path("run")
+    for name in ("config.yaml", "model.safetensors", "model.json", "metrics.jsonl", "summary.json",
+                 "confusion_matrix.png", "top_losses.png", "curves.png", "checkpoint.pt"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "train_seconds", "epochs", "params", "per_class"):
+        assert key in summary
+    assert summary["epochs"] == 2 and summary["params"] == 93_322
+    assert summary["test_accuracy"] > 0.9  # synthetic digits are easy; chance is 0.1
+    assert set(summary["per_class"]["0"]) >= {"precision", "recall", "f1"}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "val_loss", "val_acc", "lr", "seconds"} <= set(rows[0])
+    card = json.loads((run / "model.json").read_text())
+    assert card["arch"] == "cnn" and card["classes"] == [str(i) for i in range(10)]
+    assert card["preprocess"]["size"] == 28 and "torch" in card["versions"]
+
+
+def test_eval_json_reproduces_the_run_test_accuracy(synthetic_data, capsys):
+    assert _cli(capsys, "train", *FAST, "train.epochs=1", "--out", "run", "--quiet")[0] == 0
+    summary = json.loads(Path("run/summary.json").read_text())
+    code, out, _ = _cli(capsys, "eval", "run", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["accuracy"] == summary["test_accuracy"]
+    assert report["loss"] == pytest.approx(summary["test_loss"], abs=1e-6)
+    assert set(report["per_class"]) == {str(i) for i in range(10)}
+
+
+def test_artifact_loads_without_training_code_and_predicts_the_same(synthetic_data):
+    cfg = load_config(None, FAST + ["train.epochs=1"])
+    result = run_training(cfg, out="run", quiet=True)
+    model, card = load_artifact("run")
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), result.fit.model.eval()(x))
+    state = load_file("run/model.safetensors")
+    assert not any(k.startswith("_orig_mod") for k in state)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(epoch: int):
+    def callback(row):
+        if row["epoch"] == epoch:
+            raise _Stop
+
+    return callback
+
+
+@pytest.mark.parametrize("extra", [[], ["data.augment.rotate=10", "data.augment.translate=0.1", "train.ema=0.9",
+                                        "model.args.dropout=0.2", "schedule.name=plateau"]])
+def test_resume_gives_the_same_final_weights(synthetic_data, extra):
+    cfg = load_config(None, FAST + ["train.epochs=3"] + extra)
+    run_training(cfg, out="full", quiet=True)
+    with pytest.raises(_Stop):
+        run_training(cfg, out="part", quiet=True, epoch_callback=_stop_after(1))
+    assert not Path("part/model.safetensors").exists()
+    run_training(cfg, resume_dir=Path("part"), quiet=True)
+    full, part = load_file("full/model.safetensors"), load_file("part/model.safetensors")
+    assert full.keys() == part.keys()
+    for k in full:
+        assert torch.equal(full[k], part[k]), k
+    rows = [json.loads(line)["epoch"] for line in Path("part/metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3]
+
+
+def test_resume_via_cli(synthetic_data, capsys):
+    cfg = load_config(None, FAST)
+    with pytest.raises(_Stop):
+        run_training(cfg, out="part", quiet=True, epoch_callback=_stop_after(1))
+    code, out, _ = _cli(capsys, "train", "--resume", "part", "--quiet", "--json")
+    assert code == 0 and json.loads(out)["epochs"] == 2
+
+
+def test_same_seed_same_result_and_other_seed_differs(synthetic_data):
+    cfg = load_config(None, FAST + ["train.epochs=1"])
+    a = run_training(cfg, out="a", quiet=True).fit.model.state_dict()
+    b = run_training(cfg, out="b", quiet=True).fit.model.state_dict()
+    cfg.seed = 1
+    c = run_training(cfg, out="c", quiet=True).fit.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_every_training_option_runs(synthetic_data):
+    cfg = load_config(None, FAST + [
+        "optim.name=sgd", "optim.lr=0.05", "optim.nesterov=true", "optim.weight_decay=5e-4", "schedule.name=step", "schedule.warmup_epochs=0.5",
+        "train.label_smoothing=0.1", "train.class_weights=[1,1,1,1,1,1,1,1,1,2]", "train.grad_clip=1.0",
+        "train.bf16=true", "train.ema=0.9", "train.channels_last=true", "train.tta=true",
+        "data.augment.elastic=2", "data.augment.erase=0.5", "data.augment.shear=10", "data.augment.scale=0.1",
+    ])
+    result = run_training(cfg, out="run", quiet=True)
+    assert result.summary["test_accuracy"] > 0.5
+
+
+def test_early_stopping_restores_the_best_weights(synthetic_data):
+    # lr so high that validation gets worse after the first epoch
+    cfg = load_config(None, FAST + ["train.epochs=6", "train.early_stop_patience=1", "train.early_stop_metric=val_loss",
+                                    "optim.name=sgd", "optim.lr=0.5", "schedule.name=constant", "optim.momentum=0.0"])
+    result = run_training(cfg, out="run", quiet=True)
+    history = result.fit.history
+    losses = [h["val_loss"] for h in history]
+    best = min(range(len(losses)), key=losses.__getitem__) + 1
+    assert result.fit.best_epoch == best
+    if result.fit.stopped_early:
+        assert len(history) < 6 and result.summary["stopped_early"] is True
+
+
+@pytest.mark.parametrize("recipe", [r for r in shipped_recipes() if not r.startswith("finetune")])
+def test_every_shipped_recipe_dry_runs(synthetic_data, capsys, recipe):
+    cfg = load_config(resolve_recipe(recipe))
+    if cfg.data.dataset not in ("mnist", "fashion-mnist"):
+        pytest.skip(f"{recipe} trains on {cfg.data.dataset}, not in the synthetic data root")
+    code, out, err = _cli(capsys, "train", recipe, "--dry-run", "--out", "run", "--quiet")
+    assert code == 0, err
+    assert json.loads(Path("run/summary.json").read_text())["test_accuracy"] is not None
+
+
+def test_seeds_report_mean_and_std(synthetic_data, capsys):
+    code, out, _ = _cli(capsys, "train", *FAST, "train.epochs=1", "--seeds", "2", "--out", "multi", "--quiet")
+    assert code == 0
+    assert "2 seeds: test accuracy" in out and "±" in out
+    assert Path("multi/seed-0/summary.json").is_file() and Path("multi/seed-1/summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "optim.lrr=1"], ["optim.lrr", "valid keys"]),
+        (["train", "train.epochs=x"], ["train.epochs"]),
+        (["train", "model.name=resnot"], ["resnot", "cnn"]),
+        (["train", "data.dataset=nope"], ["nope", "mnist"]),
+        (["train", "no-such-recipe.yaml"], ["no-such-recipe", "mnist-fast"]),
+        (["eval", "does-not-exist"], ["does-not-exist"]),
+        (["train", "--resume", "nowhere"], ["nowhere"]),
+    ],
+)
+def test_errors_are_one_clear_line(synthetic_data, capsys, argv, words):
+    code, out, err = _cli(capsys, *argv)
+    assert code != 0
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error:")
+    for w in words:
+        assert w in line
+
+
+def test_existing_out_directory_is_never_overwritten(synthetic_data, capsys):
+    Path("taken").mkdir()
+    (Path("taken") / "keep.txt").write_text("precious")
+    code, _, err = _cli(capsys, "train", *FAST, "--out", "taken", "--quiet")
+    assert code != 0 and "already exists" in err
+    assert (Path("taken") / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in Path("taken").iterdir()) == ["keep.txt"]
+
+
+def test_missing_data_without_network_lists_where_it_looked(synthetic_data, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MNISTLAB_DATA_DIR", str(tmp_path / "empty"))
+    code, _, err = _cli(capsys, "data", "info", "kmnist")  # info must not download
+    code, _, err = _cli(capsys, "train", "data.dataset=kmnist", "--dry-run", "--quiet")
+    assert code != 0 and "Traceback" not in err
+    assert "kmnist" in err and "MNISTLAB_DATA_DIR" in err
+
+
+def test_models_and_help(capsys):
+    code, out, _ = _cli(capsys, "models")
+    assert code == 0 and "cnn" in out and "93,322" in out and "vit" in out
+    for verb in ("train", "eval", "models", "runs", "data"):
+        with pytest.raises(SystemExit) as e:
+            main([verb, "--help"])
+        assert e.value.code == 0
+        assert "examples:" in capsys.readouterr().out

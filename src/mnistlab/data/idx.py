@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab.errors import DataError
+from mnistlab.runs import atomic_write_bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -193,19 +193,6 @@ def encode_idx(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:
     """Write ``array`` as an IDX file, atomically.
 
@@ -218,4 +205,4 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     data = encode_idx(array)
     if compress:
         data = gzip.compress(data, compresslevel=6, mtime=0)
-    write_bytes_atomic(path, data)
+    atomic_write_bytes(path, data)

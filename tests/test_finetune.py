@@ -52,7 +52,7 @@ def test_new_classes_replace_the_head_record_the_parent_and_eval_agrees(parent, 
     assert card.parent["head"] == "replaced" and card.parent["shots"] == 5
     s = _summary("ft")
     assert s["parent_test_accuracy"] is None  # other classes: no before/after
-    assert s["train_images"] + 10 == 50 and s["small_data"] is True  # 5 per class, 1 per class held out
+    assert s["train_images"] == 50 and s["small_data"] is True  # 5 per class, none held out
     assert (card.preprocess.mean, card.preprocess.std) == (0.1307, 0.3081)  # the parent's normalisation
     code, out, _ = _cli(capsys, "eval", "ft", "--json")
     assert code == 0 and json.loads(out)["accuracy"] == pytest.approx(s["test_accuracy"], abs=1e-9)
@@ -121,29 +121,30 @@ def _prepare(parent: Path, *overrides: str):
 
 
 def test_shots_and_small_set_settings(parent):
-    cfg, splits, small = _prepare(parent, "finetune.shots=10", "finetune.small.steps=9", "finetune.small.batch_size=16")
-    assert small and len(splits.train) == 80 and len(splits.val) == 20  # 10 per class, 20% held out
-    assert splits.train.class_counts().tolist() == [8] * 10 and splits.val.class_counts().tolist() == [2] * 10
+    cfg, splits, small = _prepare(parent, "finetune.shots=100", "finetune.small.steps=120", "finetune.small.batch_size=16")
+    assert small and len(splits.train) == 800 and len(splits.val) == 200  # 100 per class, 20% held out
+    assert splits.train.class_counts().tolist() == [80] * 10 and splits.val.class_counts().tolist() == [20] * 10
     assert cfg.data.val_size == 0.2 and cfg.train.batch_size == 16
-    assert cfg.train.epochs == 2  # 9 steps at 80 // 16 = 5 steps per epoch
+    assert cfg.train.epochs == 3  # 120 steps at 800 // 16 = 50 steps per epoch
     assert cfg.data.augment.rotate > 0 and cfg.train.early_stop_metric == "val_loss"
-    assert cfg.train.early_stop_patience == 1  # 30% of 2 epochs, at least 1
+    assert cfg.train.early_stop_patience == 1  # 30% of 3 epochs, at least 1
     assert splits.train.mean == 0.1307 and splits.test.std == 0.3081  # the parent's normalisation
-    again, splits2, _ = _prepare(parent, "finetune.shots=10", "finetune.small.steps=9", "finetune.small.batch_size=16")
+    again, splits2, _ = _prepare(parent, "finetune.shots=100", "finetune.small.steps=120", "finetune.small.batch_size=16")
     assert torch.equal(splits.train.images, splits2.train.images)  # seeded: the same shots again
     other, splits3, _ = _prepare(parent, "finetune.shots=10", "seed=1")
     assert not torch.equal(splits.train.images, splits3.train.images)
 
 
 def test_small_set_rules(parent):
-    cfg, splits, small = _prepare(parent, "finetune.shots=2")
-    assert small and len(splits.train) == 20 and splits.val is None  # too few per class to hold any out
+    cfg, splits, small = _prepare(parent, "finetune.shots=99")
+    assert small and len(splits.train) == 990 and splits.val is None  # too few per class to hold any out
     assert cfg.data.val_size == 0 and cfg.train.early_stop_patience == 0
-    assert cfg.train.epochs == 300  # 300 steps, one batch of 20 per epoch
+    cfg, splits, small = _prepare(parent, "finetune.shots=2")
+    assert small and len(splits.train) == 20 and cfg.train.epochs == 300  # 300 steps, one batch of 20 per epoch
     cfg, splits, small = _prepare(parent, "finetune.small.below=0", "train.epochs=2")
     assert not small and cfg.train.epochs == 2 and cfg.data.augment.rotate == 0  # the recipe as written
-    cfg, splits, small = _prepare(parent, "finetune.steps=50")  # 1200 synthetic images: small
-    assert small and cfg.train.epochs == 2  # 960 // 32 = 30 steps per epoch
+    cfg, splits, small = _prepare(parent, "finetune.steps=50", "finetune.small.min_val_per_class=2")
+    assert small and cfg.train.epochs == 2  # 1200 synthetic images, 960 train: 30 steps of 32 per epoch
     cfg, _, _ = _prepare(parent, "finetune.shots=10", "data.augment.rotate=3")
     assert cfg.data.augment.rotate == 3 and cfg.data.augment.translate == 0  # the recipe's augmentation wins
 
@@ -156,7 +157,8 @@ class _Stop(Exception):
                                                                          "finetune.partial_blocks=2"])])
 def test_resume_gives_the_same_final_weights(parent, capsys, monkeypatch, strategy, extra):
     argv = ["finetune", str(parent), "--dataset", "fashion-mnist", "--strategy", strategy, "--shots", "5",
-            "--quiet", "finetune.small.steps=12", "finetune.small.batch_size=20", "train.threads=1", *extra]
+            "--quiet", "finetune.small.steps=12", "finetune.small.batch_size=20", "finetune.small.min_val_per_class=1",
+            "train.threads=1", *extra]  # 1 per class held out: early-stopping state resumes too
     assert _cli(capsys, *argv, "--out", "full")[0] == 0
     from mnistlab.finetune import finetune as module
 

@@ -100,7 +100,7 @@ class SmallDataConfig:
     steps: int = 300  # optimizer steps in all; epochs = ceil(steps / steps per epoch)
     batch_size: int = 32  # images per step
     val_size: float = 0.2  # fraction held out for early stopping, if every class gives >= min_val_per_class
-    min_val_per_class: int = 5  # images; smaller held-out sets select worse weights than the last ones
+    min_val_per_class: int = 20  # images; smaller held-out sets pick worse weights than training on them does
     patience: float = 0.3  # early stopping after this fraction of the epochs without improvement; 0 = off
     early_stop_metric: str = "val_loss"  # what early stopping and best-weights restore watch: val_loss | val_acc
     augment: AugmentConfig = field(default_factory=_small_set_augment)  # used when data.augment is all zero

@@ -30,9 +30,11 @@ strategies:
 small training sets (fewer than finetune.small.below = 2000 images, e.g. after --shots)
 need no tuning; these replace the recipe's settings (all are finetune.small.* keys):
   - 300 optimizer steps of 32 images; the epochs follow from the steps;
-  - 20% of each class held out when every class keeps >= 4 images for training, with
-    early stopping on its loss after 30% of the epochs without improvement, best weights kept
-    (finetune.small.val_size, .patience, .early_stop_metric);
+  - from 100 images per class, 20% held out for early stopping on the validation loss after
+    30% of the epochs without improvement, best weights kept (finetune.small.val_size,
+    .min_val_per_class, .patience, .early_stop_metric); with fewer, every image trains, since
+    fewer than 20 held-out images per class pick worse weights than the last ones
+    (benchmarks/transfer.py measured it);
   - augmentation: rotate 10 degrees, translate 10%, scale 10% (unless data.augment is set).
 finetune.small.below=0 turns this off; finetune.steps=N sets the steps for any size."""
 

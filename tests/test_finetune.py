@@ -136,8 +136,8 @@ def test_shots_and_small_set_settings(parent):
 
 
 def test_small_set_rules(parent):
-    cfg, splits, small = _prepare(parent, "finetune.shots=99")
-    assert small and len(splits.train) == 990 and splits.val is None  # too few per class to hold any out
+    cfg, splits, small = _prepare(parent, "finetune.shots=95")
+    assert small and len(splits.train) == 950 and splits.val is None  # 19 per class would be held out: too few
     assert cfg.data.val_size == 0 and cfg.train.early_stop_patience == 0
     cfg, splits, small = _prepare(parent, "finetune.shots=2")
     assert small and len(splits.train) == 20 and cfg.train.epochs == 300  # 300 steps, one batch of 20 per epoch

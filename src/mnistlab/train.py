@@ -248,6 +248,8 @@ def fit(
         if world_size > 1:
             dist.all_reduce(loss_sum)
             dist.all_reduce(correct)
+        if device.type == "cuda":  # kernels run asynchronously: the epoch ends when the GPU is done
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         elapsed += seconds
         seen = max(1, steps * batch)

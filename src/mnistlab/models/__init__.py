@@ -4,7 +4,7 @@ Importing this package registers every model family below.
 """
 
 # Imported for their registrations.
-from mnistlab.models import cnn, lenet, linear, resnet, vit  # noqa: F401
+from mnistlab.models import cnn, fastcnn, lenet, linear, resnet, vit  # noqa: F401
 from mnistlab.models.base import Classifier
 from mnistlab.models.registry import (
     ModelEntry,

@@ -113,9 +113,11 @@ def run_baseline(train: ImageData, test: ImageData, seed: int, device: torch.dev
 
 
 def run_recipe(recipe: str, seed: int, device: str, threads: int) -> dict[str, Any]:
-    """`mnistlab train RECIPE seed=S` with the per-epoch validation pass pointed at the test set."""
-    cfg = load_config(resolve_recipe(recipe), [f"seed={seed}", f"device={device}", f"train.threads={threads}",
-                                               "train.restore_best=false", "train.early_stop_patience=0"])
+    """`mnistlab train RECIPE [key=value ...] seed=S`, its per-epoch validation pass pointed at the test set."""
+    name, *overrides = recipe.split()
+    cfg = load_config(resolve_recipe(name), overrides + [
+        f"seed={seed}", f"device={device}", f"train.threads={threads}",
+        "train.restore_best=false", "train.early_stop_patience=0"])
     splits = load_splits(cfg, progress=False)
     tmp = Path(tempfile.mkdtemp(prefix="tta-"))
     try:
@@ -208,7 +210,8 @@ def markdown(summary: dict[str, Any], env: dict[str, Any], target: float) -> str
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", nargs="+", default=["mnist-fast"], help="mnistlab recipes (names or paths)")
+    p.add_argument("--recipes", nargs="+", default=["mnist-fast"], help="mnistlab recipes (names or paths), each optionally with overrides in one quoted argument: "
+                        "'mnist-fast train.batch_size=256'")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (both the baseline and the recipes)")

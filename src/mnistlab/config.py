@@ -30,6 +30,7 @@ class AugmentConfig:
     shear: float = 0.0  # max shear, degrees
     elastic: float = 0.0  # elastic distortion strength, pixels; 0 = off
     erase: float = 0.0  # probability of random erasing per image
+    hflip: float = 0.0  # probability of a left-right mirror per image (for clothes; never for digits)
 
 
 @dataclass

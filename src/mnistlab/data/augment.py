@@ -1,4 +1,4 @@
-"""Batched data augmentation: random affine, elastic distortion and random erasing as tensor math.
+"""Batched data augmentation: random affine, elastic distortion, random erasing and mirroring as tensor math.
 
 Everything runs on the batch's own device with one call per batch (no per-image Python), and
 every random draw comes from the caller's generator, so a seed reproduces a batch exactly.
@@ -24,11 +24,13 @@ class AugmentParams:
     elastic: float = 0.0  # elastic distortion strength alpha, pixels (Simard et al. use 34); 0 = off
     elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels (Gaussian sigma)
     erase: float = 0.0  # probability of erasing one random rectangle per image
+    hflip: float = 0.0  # probability of a left-right mirror per image (clothes, not digits)
 
     @property
     def enabled(self) -> bool:
         """True when any augmentation is switched on."""
-        return any(v > 0 for v in (self.rotate, self.translate, self.scale, self.shear, self.elastic, self.erase))
+        return any(v > 0 for v in (self.rotate, self.translate, self.scale, self.shear, self.elastic, self.erase,
+                                   self.hflip))
 
     @property
     def geometric(self) -> bool:
@@ -133,4 +135,7 @@ def augment(x: torch.Tensor, p: AugmentParams, generator: torch.Generator | None
         out = out + fill if fill else out
     if p.erase > 0:
         out = _erase(out, p.erase, fill, generator)
+    if p.hflip > 0:
+        flip = torch.rand(x.shape[0], device=x.device, generator=generator) < p.hflip  # [B]
+        out = torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
     return out

@@ -1,6 +1,6 @@
 """A small convnet built for speed: three conv-BN-ReLU-pool stages, then a linear head.
 
-    28x28 -> [conv 3x3 (pad 1) + BN + ReLU -> MaxPool 2] x 3 -> 28 -> 14 -> 7 -> 3
+    28x28 -> [(conv 3x3 (pad 1) + BN + ReLU) x depth -> MaxPool 2] x 3 -> 28 -> 14 -> 7 -> 3
     -> Flatten: widths[-1] * 3 * 3 features -> Linear num_classes
 
 The default widths (16, 32, 64) cost about 1.9 MFLOP-MACs a forward pass per 28x28 image, a third
@@ -16,14 +16,13 @@ from mnistlab.models.base import Classifier, require
 from mnistlab.models.registry import register_model
 
 
-def conv_bn_relu_pool(c_in: int, c_out: int) -> nn.Sequential:
-    """Conv 3x3 (no bias, the BN has one) -> BatchNorm -> ReLU -> MaxPool 2 (halves the side, floor)."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
+def conv_bn_relu_pool(c_in: int, c_out: int, depth: int = 1) -> nn.Sequential:
+    """``depth`` x [conv 3x3 (no bias, the BN has one) -> BatchNorm -> ReLU], then MaxPool 2 (halves the side)."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
 
 
 @register_model("fastcnn", "fast convnet: 3 conv-BN-ReLU-pool stages, flatten, linear (~30k params); the default")
@@ -33,9 +32,10 @@ def fastcnn(
     num_classes: int = 10,
     image_size: int = 28,
     widths: tuple[int, ...] = (16, 32, 64),
+    depth: int = 1,
     dropout: float = 0.0,
 ) -> Classifier:
-    """One stage per entry of ``widths``; each halves the side, so the flatten size follows the input."""
+    """One stage of ``depth`` convs per entry of ``widths``; each stage halves the side (flatten size follows)."""
     require(len(widths) >= 1 and min(widths) >= 1, f"widths must be positive, got {list(widths)}",
             "e.g. widths=[16, 32, 64]")
     side = image_size
@@ -43,11 +43,12 @@ def fastcnn(
         side //= 2
     require(side >= 1, f"fastcnn with {len(widths)} stages needs image_size >= {2 ** len(widths)}, got {image_size}",
             "use fewer widths or larger images")
+    require(depth >= 1, f"depth must be at least 1, got {depth}", "e.g. depth=2 (convs per stage)")
     require(0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout}", "e.g. dropout=0.1")
     body: dict[str, nn.Module] = {}
     c_in = in_channels
     for i, width in enumerate(widths):
-        body[f"stage{i + 1}"] = conv_bn_relu_pool(c_in, width)
+        body[f"stage{i + 1}"] = conv_bn_relu_pool(c_in, width, depth)
         c_in = width
     pool = nn.Flatten()  # [B, C, side, side] -> [B, C * side * side]; keeps where the strokes are
     model = Classifier(body, c_in * side * side, num_classes, pool=pool, dropout=dropout)

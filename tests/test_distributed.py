@@ -24,7 +24,8 @@ from mnistlab.runner import resume_config, run_training
 # is float reassociation in the gradient all-reduce (Adam's normalisation would magnify it in
 # coordinates whose gradient is near zero). No dropout, no augmentation, no batch norm.
 RECIPE = ["model.name=cnn", "train.batch_size=64", "data.val_size=200", "optim.name=sgd", "optim.lr=0.05",
-          "train.restore_best=false", "train.threads=1", "train.eval_batch_size=500"]
+          "train.restore_best=false", "train.threads=1", "train.eval_batch_size=500",
+          "train.bf16=false", "train.channels_last=false", "optim.weight_decay=0", "schedule.name=constant"]
 LAUNCH_TIMEOUT_S = 120
 
 # A worker that kills itself (SIGKILL, like the OOM killer) on rank 1 right after epoch 2.

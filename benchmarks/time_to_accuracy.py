@@ -192,9 +192,9 @@ def fmt(s: dict[str, float] | None, scale: float = 1.0, digits: int = 2, unit: s
     return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}{unit}"
 
 
-def markdown(summary: dict[str, Any], env: dict[str, Any], target: float) -> str:
+def markdown(summary: dict[str, Any], env: dict[str, Any], target: float, dataset: str) -> str:
     where = env.get("gpu", env["cpu"])
-    lines = [f"MNIST, time to {100 * target:.1f}% test accuracy; {where}, {env['cores']} cores, "
+    lines = [f"Time to {100 * target:.1f}% test accuracy ({dataset}); {where}, {env['cores']} cores, "
              f"{env['threads']} threads, torch {env['torch']}, Python {env['python']}, {env['date']}; "
              f"mean ± std over seeds.", "",
              "| run | seeds | reached | seconds to target | train seconds | final test accuracy (%) "
@@ -206,6 +206,25 @@ def markdown(summary: dict[str, Any], env: dict[str, Any], target: float) -> str
                      f"{fmt(s['train_seconds'], digits=1)} | {fmt(s['final_accuracy'], 100)} "
                      f"(min {100 * s['final_accuracy']['min']:.2f}) | {ratio} |")
     return "\n".join(lines)
+
+
+def save(runs: dict[str, list[dict[str, Any]]], env: dict[str, Any], args: argparse.Namespace,
+         device: torch.device, dataset: str, final: bool) -> None:
+    """Write the JSON and Markdown after every seed (atomically), so an interrupted run keeps its seeds."""
+    summary = summarize(runs, args.target)
+    env["load_average_end"] = os.getloadavg()
+    md = markdown(summary, env, args.target, dataset)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"time_to_accuracy-{device.type}" + (f"-{args.tag}" if args.tag else "")
+    for path, text in ((args.out / f"{stem}.json", json.dumps(
+            {"environment": env, "target": args.target, "seeds": list(range(len(next(iter(runs.values()))))),
+             "summary": summary, "runs": runs}, indent=1) + "\n"), (args.out / f"{stem}.md", md + "\n")):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    if final:
+        print(md)
+        print(f"wrote {args.out / stem}.json and .md")
 
 
 def main() -> int:
@@ -233,6 +252,7 @@ def main() -> int:
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     runs: dict[str, list[dict[str, Any]]] = {} if args.no_baseline else {"baseline": []}
     runs.update({r: [] for r in args.recipes})
+    dataset = ", ".join(sorted({load_config(resolve_recipe(r.split()[0])).data.dataset for r in args.recipes}))
     for seed in range(args.seeds):
         if not args.no_baseline:
             r = run_baseline(train, test, seed, device, args.baseline_epochs, args.baseline_evals)
@@ -245,17 +265,7 @@ def main() -> int:
             runs[recipe].append(r)
             print(f"seed {seed} {recipe}: {r['train_seconds']:.1f} s, final {100 * r['final_accuracy']:.2f}%, "
                   f"{args.target:.3f} at {reached(r['curve'], args.target)}", flush=True)
-    summary = summarize(runs, args.target)
-    env["load_average_end"] = os.getloadavg()
-    md = markdown(summary, env, args.target)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"time_to_accuracy-{device.type}" + (f"-{args.tag}" if args.tag else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(
-        {"environment": env, "target": args.target, "seeds": list(range(args.seeds)), "summary": summary,
-         "runs": runs}, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(md + "\n")
-    print(md)
-    print(f"wrote {args.out / stem}.json and .md")
+        save(runs, env, args, device, dataset, final=seed == args.seeds - 1)
     return 0
 
 

@@ -29,7 +29,7 @@ def synthetic_digits(n: int, seed: int, classes: int = 10) -> tuple[np.ndarray, 
     labels = rng.integers(0, classes, size=n).astype(np.uint8)
     images = protos[labels]
     shifts = rng.integers(-2, 3, size=(n, 2))
-    images = np.stack([np.roll(img, tuple(s), axis=(0, 1)) for img, s in zip(images, shifts)])
+    images = np.stack([np.roll(img, tuple(s), axis=(0, 1)) for img, s in zip(images, shifts, strict=True)])
     images = images + rng.normal(0, 0.08, size=images.shape)
     return (np.clip(images, 0, 1) * 255).astype(np.uint8), labels
 

@@ -98,6 +98,17 @@ def test_erasing():
     assert torch.equal(out[~hit], x[~hit])
 
 
+def test_hflip_mirrors_about_the_requested_share_and_nothing_else():
+    x = torch.rand(400, 1, 28, 28)
+    out = augment(x, AugmentParams(hflip=0.5), _gen(3))
+    mirrored = (out == x.flip(-1)).flatten(1).all(dim=1)
+    kept = (out == x).flatten(1).all(dim=1)
+    assert torch.equal(mirrored | kept, torch.ones(400, dtype=torch.bool))  # each image one or the other
+    assert 0.4 < mirrored.float().mean() < 0.6
+    assert torch.equal(out, augment(x, AugmentParams(hflip=0.5), _gen(3)))  # seeded
+    assert AugmentParams(hflip=0.5).enabled and torch.equal(augment(x, AugmentParams(hflip=1.0), _gen(0)), x.flip(-1))
+
+
 def test_elastic_is_small_and_smooth():
     x = _blobs(32)
     out = augment(x, AugmentParams(elastic=34, elastic_sigma=4), _gen(6))

@@ -125,6 +125,8 @@ def test_unknown_argument_names_valid_ones() -> None:
         ("vit", {"dim": 30, "heads": 4}),
         ("cnn", {"in_channels": 0}),
         ("linear", {"num_classes": True}),
+        ("fastcnn", {"depth": 0}),
+        ("fastcnn", {"widths": [8, 8, 8, 8, 8], "image_size": 28}),
     ],
 )
 def test_bad_arguments_raise_model_error(name: str, kwargs: dict) -> None:
@@ -142,6 +144,15 @@ def test_cnn_matches_the_keras_summary() -> None:
     model = create_model("cnn")
     assert count_params(model) == 93_322
     assert model.head.in_features == 64
+
+
+def test_fastcnn_depth_adds_convs_per_stage() -> None:
+    one, two = create_model("fastcnn"), create_model("fastcnn", depth=2, widths=[8, 16])
+    convs = [m for m in two.modules() if isinstance(m, nn.Conv2d)]
+    assert len([m for m in one.modules() if isinstance(m, nn.Conv2d)]) == 3 and len(convs) == 4
+    assert [c.out_channels for c in convs] == [8, 8, 16, 16]
+    assert two.head.in_features == 16 * 7 * 7 and two(batch()).shape == (2, 10)
+    assert count_params(one) == 29_178
 
 
 def test_count_params_trainable_only() -> None:

@@ -107,7 +107,7 @@ def format_report(report: Report) -> str:
         lines += ["", "confusion matrix (rows: true, columns: predicted)"]
         cw = max(5, len(str(int(report.confusion.max()))) + 1)
         lines.append(" " * width + "".join(f"{c[:cw - 1]:>{cw}}" for c in report.classes))
-        for c, row in zip(report.classes, report.confusion.tolist()):
+        for c, row in zip(report.classes, report.confusion.tolist(), strict=True):
             lines.append(f"{c:>{width}}" + "".join(f"{v:>{cw}d}" for v in row))
     return "\n".join(lines)
 
@@ -156,7 +156,7 @@ def plot_top_losses(images: torch.Tensor, logits: torch.Tensor, labels: torch.Te
     probs = logits.softmax(1)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, order.tolist()):
+    for ax, i in zip(axes.flat, order.tolist(), strict=False):
         ax.imshow(images[i, 0].numpy(), cmap="gray")
         p = int(logits[i].argmax())
         ax.set_title(f"{classes[int(labels[i])]} -> {classes[p]}\n{probs[i, p]:.2f}", fontsize=8)

@@ -102,7 +102,7 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         ema_p = [p for p in ema.parameters()]
         model_p = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
-        for b_ema, b in zip(ema.buffers(), model.buffers()):
+        for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
 
 

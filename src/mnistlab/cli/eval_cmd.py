@@ -37,7 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from mnistlab.config import Config, config_from_dict, load_yaml
     from mnistlab.data.dataset import load_dataset, split_train_val
     from mnistlab.errors import MnistlabError
-    from mnistlab.evaluate import format_report, plot_confusion, plot_top_losses, predict_logits, report_from_logits
+    from mnistlab.evaluate import (
+        format_report,
+        plot_confusion,
+        plot_top_losses,
+        predict_logits,
+        report_from_logits,
+    )
 
     directory = resolve_artifact(args.model)
     model, card = load_artifact(directory)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: the last complete epoch is checkpointed; continue with `mnistlab {verb} --resume RUN`",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mnistlab models | head`: the reader left; exit quietly like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except Exception as err:  # a bug: say so plainly, traceback with --debug
         if debug:
             traceback.print_exc()

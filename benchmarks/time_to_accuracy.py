@@ -201,7 +201,8 @@ def markdown(summary: dict[str, Any], env: dict[str, Any], target: float, datase
              "| baseline 5 epochs / time to target |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, s in summary.items():
-        ratio = fmt(s.get("ratio_baseline_5_epochs_over_time_to_target"), digits=1, unit="x") if name != "baseline" else ""
+        ratio = (fmt(s.get("ratio_baseline_5_epochs_over_time_to_target"), digits=1, unit="x")
+                 if name != "baseline" and "baseline" in summary else "")
         lines.append(f"| {name} | {s['seeds']} | {s['reached']} | {fmt(s['seconds_to_target'], digits=1)} | "
                      f"{fmt(s['train_seconds'], digits=1)} | {fmt(s['final_accuracy'], 100)} "
                      f"(min {100 * s['final_accuracy']['min']:.2f}) | {ratio} |")

@@ -7,7 +7,7 @@ after a warm-up; torch.compile's compile time is reported apart. Threads: torch 
 both use ``--threads`` intra-op threads (default: all cores).
 
     python benchmarks/inference.py --model runs/train-20260101-120000
-    python benchmarks/inference.py              # an untrained default cnn: the same speed
+    python benchmarks/inference.py              # the default recipe's model untrained: the same speed
 
 Last run (2026-11-22; 2-core AMD EPYC VM shared with other jobs; 1 thread; torch 2.13.0, onnxruntime
 1.32.0; the default cnn): batch 1024 eager 2,260 img/s, channels_last 4,125, torch.compile
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from mnistlab.artifact import ModelCard, load_artifact
+from mnistlab.config import load_config, resolve_recipe
 from mnistlab.export import PixelClassifier, export_onnx, quantize_onnx
 from mnistlab.models import create_model
 
@@ -53,13 +54,15 @@ def load(model: str | None) -> tuple[torch.nn.Module, ModelCard, str]:
     if model:
         net, card = load_artifact(model)
         return net, card, model
-    net = create_model("cnn").eval()
-    return net, ModelCard(arch="cnn", arch_args=net.arch_args, classes=[str(i) for i in range(10)]), "untrained cnn"
+    spec = load_config(resolve_recipe(None)).model  # the default recipe's model, untrained: the same speed
+    net = create_model(spec.name, **spec.args).eval()
+    card = ModelCard(arch=spec.name, arch_args=net.arch_args, classes=[str(i) for i in range(10)])
+    return net, card, f"untrained {spec.name}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="run directory or artifact (default: an untrained cnn)")
+    p.add_argument("--model", help="run directory or artifact (default: the default recipe's model, untrained)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 1024])
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1; on shared cores more threads can be far slower)")
     p.add_argument("--seconds", type=float, default=1.0, help="minimum length of one timed run")

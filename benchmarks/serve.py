@@ -273,13 +273,15 @@ def digit_png(data_dir: str | None) -> tuple[bytes, str]:
 def prepare_model(model: str | None, tmp: Path) -> tuple[Path, Path, str]:
     """(artifact dir, exported .onnx, description); an untrained default model when none is given."""
     from mnistlab.artifact import ModelCard, load_artifact, save_artifact
+    from mnistlab.config import load_config, resolve_recipe
     from mnistlab.export import export_onnx
     from mnistlab.models import create_model
 
-    if model is None:
-        m = create_model("cnn")
-        save_artifact(tmp / "model", m, ModelCard(arch="cnn", arch_args=m.arch_args, classes=[str(i) for i in range(10)]))
-        model, note = str(tmp / "model"), "untrained cnn (same speed as a trained one)"
+    if model is None:  # the default recipe's model, untrained: the same speed
+        spec = load_config(resolve_recipe(None)).model
+        m = create_model(spec.name, **spec.args)
+        save_artifact(tmp / "model", m, ModelCard(arch=spec.name, arch_args=m.arch_args, classes=[str(i) for i in range(10)]))
+        model, note = str(tmp / "model"), f"untrained {spec.name} (same speed as a trained one)"
     else:
         note = model
     net, card = load_artifact(model)
@@ -304,7 +306,7 @@ def markdown(rows: list[dict], levels: list[int]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="run directory or artifact (default: an untrained cnn)")
+    p.add_argument("--model", help="run directory or artifact (default: the default recipe's model, untrained)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="mnistlab worker counts to try")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")

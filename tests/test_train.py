@@ -27,6 +27,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_train_writes_the_run_directory_and_learns(synthetic_data, capsys):
     code, out, _ = _cli(capsys, "train", *FAST, "--out", "run", "--quiet")
     assert code == 0
+    assert out.startswith("test accuracy 0.") and out.rstrip().endswith("-> run") and len(out.splitlines()) == 1
     run = Path("run")
     for name in ("config.yaml", "model.safetensors", "model.json", "metrics.jsonl", "summary.json",
                  "confusion_matrix.png", "top_losses.png", "curves.png", "checkpoint.pt"):

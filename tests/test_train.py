@@ -80,6 +80,13 @@ def _stop_after(epoch: int):
     return callback
 
 
+def test_ema_is_warmed_up_so_a_short_run_is_not_its_initialisation(synthetic_data):
+    # a few hundred steps at decay 0.999 would leave most of the weight on the random start without warm-up
+    result = run_training(load_config(None, FAST + ["train.ema=0.999"]), out="run", quiet=True)
+    assert result.summary["test_accuracy"] > 0.9
+    assert all(row["val_acc"] > 0.5 for row in result.fit.history)
+
+
 @pytest.mark.parametrize("extra", [[], ["data.augment.rotate=10", "data.augment.translate=0.1", "train.ema=0.9",
                                         "model.args.dropout=0.2", "schedule.name=plateau"]])
 def test_resume_gives_the_same_final_weights(synthetic_data, extra):

@@ -97,7 +97,14 @@ class _Tracker:
             self.bad_epochs += 1
 
 
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """Move the EMA weights toward the model's; buffers (BatchNorm statistics) are copied.
+
+    The decay is warmed up, ``min(decay, (1 + step) / (10 + step))``: early on the average follows
+    the model closely, so it never mixes the random initialisation with trained weights (which,
+    with the live model's BatchNorm statistics, predicts one class for thousands of steps).
+    """
+    decay = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
         ema_p = [p for p in ema.parameters()]
         model_p = [p.detach() for p in model.parameters()]
@@ -236,7 +243,7 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(base.parameters(), tc.grad_clip)
             optimizer.step()
             if ema is not None:
-                _ema_update(ema, base, tc.ema)
+                _ema_update(ema, base, tc.ema, step)
             step += 1
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()

@@ -210,15 +210,16 @@ def markdown(summary: dict[str, Any], env: dict[str, Any], target: float, datase
 
 
 def save(runs: dict[str, list[dict[str, Any]]], env: dict[str, Any], args: argparse.Namespace,
-         device: torch.device, dataset: str, final: bool) -> None:
+         device: torch.device, dataset: str, final: bool, seeds: list[int]) -> None:
     """Write the JSON and Markdown after every seed (atomically), so an interrupted run keeps its seeds."""
     summary = summarize(runs, args.target)
-    env["load_average_end"] = os.getloadavg()
+    if "merged_from" not in env:
+        env["load_average_end"] = os.getloadavg()
     md = markdown(summary, env, args.target, dataset)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"time_to_accuracy-{device.type}" + (f"-{args.tag}" if args.tag else "")
     for path, text in ((args.out / f"{stem}.json", json.dumps(
-            {"environment": env, "target": args.target, "seeds": list(range(len(next(iter(runs.values()))))),
+            {"environment": env, "target": args.target, "seeds": seeds,
              "summary": summary, "runs": runs}, indent=1) + "\n"), (args.out / f"{stem}.md", md + "\n")):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
@@ -226,6 +227,26 @@ def save(runs: dict[str, list[dict[str, Any]]], env: dict[str, Any], args: argpa
     if final:
         print(md)
         print(f"wrote {args.out / stem}.json and .md")
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Combine runs of separate invocations (e.g. seeds split over processes) into one result."""
+    parts = [json.loads(path.read_text()) for path in args.merge]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    seeds: list[int] = []
+    for part in parts:
+        seeds += part["seeds"]
+        for name, rs in part["runs"].items():
+            runs.setdefault(name, []).extend(rs)
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: the files repeat seeds {sorted(seeds)}; merge runs of different seeds")
+    env = {**parts[0]["environment"], "merged_from": [str(p) for p in args.merge],
+           "load_average_end": [part["environment"].get("load_average_end") for part in parts]}
+    args.target = parts[0]["target"]
+    device = torch.device(env["device"])
+    dataset = ", ".join(sorted({load_config(resolve_recipe(r.split()[0])).data.dataset for r in runs if r != "baseline"}))
+    save(runs, env, args, device, dataset, final=True, seeds=seeds)
+    return 0
 
 
 def main() -> int:
@@ -241,7 +262,12 @@ def main() -> int:
     p.add_argument("--no-baseline", action="store_true", help="only the recipes (e.g. the slow best recipes)")
     p.add_argument("--tag", default="", help="added to the result file names")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="no training: combine result files of the same recipes (different seeds) into one")
     args = p.parse_args()
+    if args.merge:
+        return merge(args)
     if not os.environ.get("MNISTLAB_DATA_DIR"):
         print("warning: MNISTLAB_DATA_DIR is not set; datasets are looked up in the cache", file=sys.stderr)
     os.environ.setdefault("MNISTLAB_NO_TENSORBOARD", "1")
@@ -254,7 +280,8 @@ def main() -> int:
     runs: dict[str, list[dict[str, Any]]] = {} if args.no_baseline else {"baseline": []}
     runs.update({r: [] for r in args.recipes})
     dataset = ", ".join(sorted({load_config(resolve_recipe(r.split()[0])).data.dataset for r in args.recipes}))
-    for seed in range(args.seeds):
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    for seed in seeds:
         if not args.no_baseline:
             r = run_baseline(train, test, seed, device, args.baseline_epochs, args.baseline_evals)
             runs["baseline"].append(r)
@@ -266,7 +293,7 @@ def main() -> int:
             runs[recipe].append(r)
             print(f"seed {seed} {recipe}: {r['train_seconds']:.1f} s, final {100 * r['final_accuracy']:.2f}%, "
                   f"{args.target:.3f} at {reached(r['curve'], args.target)}", flush=True)
-        save(runs, env, args, device, dataset, final=seed == args.seeds - 1)
+        save(runs, env, args, device, dataset, final=seed == seeds[-1], seeds=seeds[:seeds.index(seed) + 1])
     return 0
 
 

@@ -9,9 +9,9 @@ both use ``--threads`` intra-op threads (default: all cores).
     python benchmarks/inference.py --model runs/train-20260101-120000
     python benchmarks/inference.py              # the default recipe's model untrained: the same speed
 
-Last run (2026-11-22; 2-core AMD EPYC VM shared with other jobs; 1 thread; torch 2.13.0, onnxruntime
-1.32.0; the default cnn): batch 1024 eager 2,260 img/s, channels_last 4,125, torch.compile
-(channels_last) 7,440, ONNX Runtime 18,812; full table in benchmarks/README.md.
+Last run (2026-11-30; 2-core AMD EPYC VM, idle; 1 thread; torch 2.13.0, onnxruntime 1.32.0; the
+default fastcnn): batch 1024 eager 6,648 img/s, channels_last 12,149, torch.compile (channels_last)
+25,727, ONNX Runtime 43,141; full table in benchmarks/README.md.
 """
 
 from __future__ import annotations

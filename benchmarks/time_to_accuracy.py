@@ -17,7 +17,8 @@ its full training time), mean and sample standard deviation over seeds.
 
     MNISTLAB_DATA_DIR=... python benchmarks/time_to_accuracy.py --seeds 5
     MNISTLAB_DATA_DIR=... python benchmarks/time_to_accuracy.py --recipes mnist-best --no-baseline --seeds 5
-    MNISTLAB_DATA_DIR=... python benchmarks/time_to_accuracy.py --device cuda --recipes mnist-fast mnist-gpu
+    MNISTLAB_DATA_DIR=... python benchmarks/time_to_accuracy.py --device cuda --recipes mnist-fast "mnist-fast train.batch_size=512 optim.lr=0.04"
+    python benchmarks/time_to_accuracy.py --merge a.json b.json --tag joined      # seeds run in separate processes
 
 Writes benchmarks/results/time_to_accuracy-<device>.{json,md} (`--tag` adds to the name). Results with
 hardware, versions and seeds: benchmarks/README.md.

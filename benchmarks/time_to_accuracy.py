@@ -134,6 +134,11 @@ def run_recipe(recipe: str, seed: int, device: str, threads: int) -> dict[str, A
             "model": cfg.model.name, "tta": cfg.train.tta}
 
 
+def datasets_of(recipes: list[str]) -> str:
+    """The datasets the recipes train on, for the result's title."""
+    return ", ".join(sorted({load_config(resolve_recipe(r.split()[0])).data.dataset for r in recipes}))
+
+
 def reached(curve: list[list[float]], target: float) -> float | None:
     """Training seconds at the first measurement at or above ``target``, or None."""
     return next((t for t, acc, _ in curve if acc >= target), None)
@@ -245,7 +250,7 @@ def merge(args: argparse.Namespace) -> int:
            "load_average_end": [part["environment"].get("load_average_end") for part in parts]}
     args.target = parts[0]["target"]
     device = torch.device(env["device"])
-    dataset = ", ".join(sorted({load_config(resolve_recipe(r.split()[0])).data.dataset for r in runs if r != "baseline"}))
+    dataset = datasets_of([r for r in runs if r != "baseline"])
     save(runs, env, args, device, dataset, final=True, seeds=seeds)
     return 0
 
@@ -280,7 +285,7 @@ def main() -> int:
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     runs: dict[str, list[dict[str, Any]]] = {} if args.no_baseline else {"baseline": []}
     runs.update({r: [] for r in args.recipes})
-    dataset = ", ".join(sorted({load_config(resolve_recipe(r.split()[0])).data.dataset for r in args.recipes}))
+    dataset = datasets_of(args.recipes)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     for seed in seeds:
         if not args.no_baseline:

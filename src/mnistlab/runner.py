@@ -199,9 +199,14 @@ def finish_run(cfg: Config, result: FitResult, splits: Splits, run_dir: Path, *,
     if not quiet:
         if report is not None:
             print(format_report(report))
-        acc = "n/a" if summary["test_accuracy"] is None else f"{summary['test_accuracy']:.4f}"
-        print(f"test accuracy {acc}  train {summary['train_seconds']:.1f}s  -> {run_dir}")
+        print(result_line(summary, run_dir))
     return summary
+
+
+def result_line(summary: dict[str, Any], run_dir: Path) -> str:
+    """The one line a finished run prints: test accuracy, training seconds, where it was written."""
+    acc = "n/a" if summary["test_accuracy"] is None else f"{summary['test_accuracy']:.4f}"
+    return f"test accuracy {acc}  train {summary['train_seconds']:.1f}s  -> {run_dir}"
 
 
 def resume_config(run_dir: Path) -> Config:

@@ -57,7 +57,7 @@ def split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 def run_seeds(args: argparse.Namespace, cfg, train_one) -> int:
     """Run ``train_one(cfg, out)`` for each seed; print mean and std when more than one."""
-    from mnistlab.runner import seed_stats
+    from mnistlab.runner import result_line, seed_stats
 
     if args.seeds < 1:
         from mnistlab.errors import ConfigError
@@ -72,10 +72,10 @@ def run_seeds(args: argparse.Namespace, cfg, train_one) -> int:
     summaries = [r.summary for r in results if r.summary]
     if args.json and summaries:
         print(json.dumps(summaries[0] if len(summaries) == 1 else {"runs": summaries}))
-    elif getattr(args, "quiet", False):  # quiet: no bars or report, but still the one line of result
+    elif args.quiet:  # no bars or report, but still each run's line of result
         for r in results:
-            if r.summary and r.summary.get("test_accuracy") is not None:
-                print(f"test accuracy {r.summary['test_accuracy']:.4f}  train {r.summary['train_seconds']:.1f}s  -> {r.run_dir}")
+            if r.summary:
+                print(result_line(r.summary, r.run_dir))
     if len(summaries) > 1:
         accs = [s["test_accuracy"] for s in summaries if s.get("test_accuracy") is not None]
         secs = [s["train_seconds"] for s in summaries]

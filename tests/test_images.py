@@ -170,3 +170,13 @@ def test_real_mnist_digits_round_trip(real_data_dir: Path):
     digits = read_idx(real_data_dir / "mnist" / "t10k-images-idx3-ubyte.gz")[:500]
     diffs = [np.abs(preprocess_image(Image.fromarray(d)).astype(int) - d).mean() for d in digits]
     assert np.mean(diffs) < 0.1 and np.max(diffs) < 2
+
+
+def test_fast_percentile_matches_numpy():
+    from mnistlab.data.images import _percentile
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 7, 108, 1000):
+        for values in (rng.random(n).astype(np.float32) * 255, rng.integers(0, 256, n).astype(np.float32)):
+            for q in (0, 10, 50, 90, 100):
+                assert _percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-6, abs=1e-4)

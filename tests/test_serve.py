@@ -286,3 +286,29 @@ def test_onnx_model_is_served_without_torch(tmp_path):
     assert done.returncode == 0, done.stderr
     status, label = done.stdout.split()
     assert status == "200" and label in CLASSES
+
+
+def test_fast_path_takes_only_post_predict_and_maps_payload_errors():
+    from starlette.responses import JSONResponse, PlainTextResponse
+
+    from mnistlab.serve.app import FastPath
+    from mnistlab.serve.payload import PayloadError
+
+    calls = []
+
+    async def inner(scope, receive, send):
+        calls.append(("app", scope["method"], scope["path"]))
+        await PlainTextResponse("app")(scope, receive, send)
+
+    async def handler(request):
+        calls.append(("fast", request.method, request.url.path))
+        if request.query_params.get("fail"):
+            raise PayloadError(415, "no")
+        return JSONResponse({"ok": 1})
+
+    fast = TestClient(FastPath(inner, path="/predict", handler=handler))
+    assert fast.post("/predict").json() == {"ok": 1}
+    assert fast.get("/predict").text == "app" and fast.post("/predict/batch").text == "app"
+    r = fast.post("/predict?fail=1")
+    assert r.status_code == 415 and r.json() == {"error": "no", "status": 415}
+    assert [c[0] for c in calls] == ["fast", "app", "app", "fast"]

@@ -109,11 +109,12 @@ class Predictor:
             pixels = np.asarray(image.convert("L").resize((self.size, self.size), Image.LANCZOS), dtype=np.uint8)
         return 255 - pixels if self.invert else pixels
 
-    def prepare_source(self, source: Any, name: str | None = None) -> np.ndarray:
-        """Load (path, bytes or file object) and prepare one image; raises ImageError when unusable."""
+    def prepare_source(self, source: Any, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
+        """Load (path, bytes or file object) and prepare one image; raises ImageError when unusable
+        (``max_pixels``: refuse larger images before decoding; default ``images.MAX_IMAGE_PIXELS``)."""
         from mnistlab.data.images import load_image
 
-        return self.prepare(load_image(source, name=name))
+        return self.prepare(load_image(source, name=name, max_pixels=max_pixels))
 
     def predict_pixels(self, pixels: np.ndarray, top_k: int = 3) -> list[Prediction]:
         """Predictions for prepared uint8 pixels [N, 1, S, S] (or [N, S, S])."""

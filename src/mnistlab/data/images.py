@@ -73,14 +73,16 @@ def _read_source(source: ImageSource, name: str | None) -> tuple[bytes, str]:
     return data, label
 
 
-def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
+def load_image(source: ImageSource, *, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
     """Open and fully decode an image from a path, bytes or a binary file object.
 
-    The pixel count is checked against MAX_IMAGE_PIXELS before any pixel is decoded. EXIF
+    The pixel count is checked against ``max_pixels`` (default MAX_IMAGE_PIXELS; a server passes
+    its own, smaller limit) before any pixel is decoded. EXIF
     orientation (phone photos) is applied. Raises ImageError (a DataError) naming the image
     when it is empty, not an image, corrupt or truncated, or too large.
     """
     data, label = _read_source(source, name)
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if not data:
         raise ImageError(label, "empty file (0 bytes)", "replace it with a real image file or remove it")
     with warnings.catch_warnings():
@@ -88,10 +90,10 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
         try:
             img = Image.open(io.BytesIO(data))
             width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS:
+            if width * height > max_pixels:
                 raise ImageError(
                     label, f"too large ({width}x{height} = {width * height:,} pixels, the limit is "
-                    f"{MAX_IMAGE_PIXELS:,})", "scale it down first",
+                    f"{max_pixels:,})", "scale it down first",
                 )
             img.load()
             img = ImageOps.exif_transpose(img) or img
@@ -159,20 +161,30 @@ def _box_blur(a: np.ndarray, k: int) -> np.ndarray:
     return (sums[k:, k:] - sums[:-k, k:] - sums[k:, :-k] + sums[:-k, :-k]) / (k * k)
 
 
+def _percentile(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) in float64, without numpy's per-call
+    overhead: ~1 us instead of 10-20 us on the hundred-odd border pixels of every image."""
+    s = np.sort(values, axis=None)
+    pos = q / 100 * (s.size - 1)
+    lo = int(pos)
+    a, b = float(s[lo]), float(s[min(lo + 1, s.size - 1)])
+    return a + (b - a) * (pos - lo)
+
+
 def _ink_map(gray: np.ndarray) -> np.ndarray:
     """Ink strength >= 0 [H, W]: background subtracted and polarity fixed; all zero when blank."""
     if min(gray.shape) >= 3:
         border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
     else:
         border = gray.ravel()
-    background = float(np.median(border))
+    background = _percentile(border, 50)  # the median
     lo, hi = float(gray.min()), float(gray.max())
     # A bright background means dark ink on paper: invert so ink is the positive direction.
     ink = background - gray if background > (lo + hi) / 2 else gray - background
-    np.clip(ink, 0.0, None, out=ink)
+    np.maximum(ink, 0.0, out=ink)  # (np.maximum, not np.clip: same result, a tenth of the call overhead)
     if min(gray.shape) >= 3:
         border_ink = np.concatenate([ink[0], ink[-1], ink[1:-1, 0], ink[1:-1, -1]])
-        ink = np.clip(ink - float(np.percentile(border_ink, _NOISE_PERCENTILE)), 0.0, None)
+        ink = np.maximum(ink - _percentile(border_ink, _NOISE_PERCENTILE), 0.0)
     if ink.size == 0 or float(ink.max()) < _BLANK_LEVEL:
         return np.zeros_like(ink)
     return ink
@@ -204,8 +216,8 @@ def _shift_to_centre(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.nd
     cy = float(frame.sum(axis=1) @ idx) / total
     cx = float(frame.sum(axis=0) @ idx) / total
     y0, x0, y1, x1 = box  # ink occupies rows y0:y1, cols x0:x1
-    dy = int(np.clip(round(size / 2 - cy), -y0, size - y1))
-    dx = int(np.clip(round(size / 2 - cx), -x0, size - x1))
+    dy = min(max(round(size / 2 - cy), -y0), size - y1)
+    dx = min(max(round(size / 2 - cx), -x0), size - x1)
     out = np.zeros_like(frame)
     out[y0 + dy:y1 + dy, x0 + dx:x1 + dx] = frame[y0:y1, x0:x1]
     return out
@@ -242,7 +254,7 @@ def preprocess_image(img: Image.Image, *, size: int = 28) -> np.ndarray:
     new_h = min(target, max(1, round(crop.shape[0] * scale)))
     new_w = min(target, max(1, round(crop.shape[1] * scale)))
     resized = Image.fromarray(crop.astype(np.float32)).resize((new_w, new_h), Image.LANCZOS)  # mode F
-    small = np.clip(np.asarray(resized, dtype=np.float32), 0.0, None)
+    small = np.maximum(np.asarray(resized, dtype=np.float32), 0.0)
     if float(small.max()) <= 0.0:
         return np.zeros((size, size), dtype=np.uint8)
     small *= 255.0 / float(small.max())  # thin strokes fade when shrunk; restore full ink
@@ -252,7 +264,8 @@ def preprocess_image(img: Image.Image, *, size: int = 28) -> np.ndarray:
     y0, x0 = (size - new_h) // 2, (size - new_w) // 2
     frame[y0:y0 + new_h, x0:x0 + new_w] = small
     frame = _shift_to_centre(frame, (y0, x0, y0 + new_h, x0 + new_w))
-    return np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    frame = np.rint(frame)
+    return np.minimum(np.maximum(frame, 0, out=frame), 255, out=frame).astype(np.uint8)
 
 
 def image_to_array(source: ImageSource, *, name: str | None = None, size: int = 28) -> np.ndarray:

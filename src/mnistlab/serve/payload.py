@@ -75,7 +75,67 @@ def _from_json(body: bytes, many: bool, max_images: int) -> list[tuple[str, byte
     return [(f"images[{i}]", _decode_base64(v, f"images[{i}]")) for i, v in enumerate(items)]
 
 
+MAX_SIMPLE_PARTS = 100  # more parts than this go to the full parser (which enforces its own limits)
+
+
+def _simple_multipart(content_type: str, body: bytes) -> list[tuple[str, str | None, bytes]] | None:
+    """The parts of a plain, well-formed multipart body, found by splitting on its boundary:
+    (field name, filename or None, data) each. None when anything is unusual (a transfer encoding,
+    an RFC 2231 name, a missing header, a part count over MAX_SIMPLE_PARTS, a stray byte): then
+    the full parser runs and says what is wrong. About 4 us against 35 us for one small image,
+    a tenth of the server's time per request.
+    """
+    from python_multipart.multipart import parse_options_header
+
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        return None
+    chunks = body.split(b"--" + boundary)
+    # [preamble, part, ..., part, "--" epilogue]; each part is CRLF headers CRLF CRLF data CRLF
+    if not 3 <= len(chunks) <= MAX_SIMPLE_PARTS + 2 or chunks[0] or chunks[-1] not in (b"--", b"--\r\n"):
+        return None
+    parts = []
+    for chunk in chunks[1:-1]:
+        head, sep, data = chunk[2:-2].partition(b"\r\n\r\n")
+        if not (sep and chunk.startswith(b"\r\n") and chunk.endswith(b"\r\n")):
+            return None
+        options = None
+        for line in head.split(b"\r\n"):
+            key, colon, value = line.partition(b":")
+            key = key.strip().lower()
+            if not colon or key == b"content-transfer-encoding":
+                return None
+            if key == b"content-disposition":
+                kind, options = parse_options_header(value)
+                if kind != b"form-data" or b"name" not in options or b"name*" in options or b"filename*" in options:
+                    return None
+        if options is None:
+            return None
+        filename = options.get(b"filename")
+        parts.append((options[b"name"].decode("utf-8", "replace"),
+                      None if filename is None else filename.decode("utf-8", "replace"), data))
+    return parts
+
+
+def _files_of(parts: list[tuple[str, str | None, bytes]], many: bool, max_images: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the file parts: field 'file' for one image, every file field for a batch."""
+    files = [(filename or name, data) for name, filename, data in parts if filename is not None]
+    if not many:
+        last = next((part for part in reversed(parts) if part[0] == "file"), None)  # the last one counts
+        if last is None or last[1] is None:
+            got = ", ".join(sorted({name for name, _, _ in parts})) or "none"
+            raise PayloadError(400, f"multipart field 'file' with the image is missing (fields sent: {got})")
+        files = [(last[1] or "file", last[2])]
+    if not files:
+        raise PayloadError(400, "no image files in the multipart body; send them as fields 'files'")
+    _check_count(len(files), max_images)
+    return files
+
+
 async def _from_multipart(request: Request, body: bytes, many: bool, max_images: int) -> list[tuple[str, bytes]]:
+    parts = _simple_multipart(request.headers.get("content-type", ""), body)
+    if parts is not None:
+        return _files_of(parts, many, max_images)
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     async def stream() -> AsyncGenerator[bytes, None]:
@@ -88,19 +148,11 @@ async def _from_multipart(request: Request, body: bytes, many: bool, max_images:
     except (ValueError, KeyError, AssertionError) as err:  # parser errors on garbage bodies
         raise PayloadError(400, f"malformed multipart body: {err}") from None
     try:
-        files = [(key, value) for key, value in form.multi_items() if hasattr(value, "read")]
-        if not many:
-            upload = form.get("file")
-            if upload is None or not hasattr(upload, "read"):
-                got = ", ".join(sorted(set(form.keys()))) or "none"
-                raise PayloadError(400, f"multipart field 'file' with the image is missing (fields sent: {got})")
-            files = [("file", upload)]
-        if not files:
-            raise PayloadError(400, "no image files in the multipart body; send them as fields 'files'")
-        _check_count(len(files), max_images)
-        return [(upload.filename or key, await upload.read()) for key, upload in files]
+        parts = [(key, value.filename or "", await value.read()) if hasattr(value, "read") else (key, None, b"")
+                 for key, value in form.multi_items()]
     finally:
         await form.close()
+    return _files_of(parts, many, max_images)
 
 
 def _check_count(n: int, max_images: int) -> None:

@@ -18,9 +18,10 @@ the last byte of its answer. Non-200 answers count as errors.
     python benchmarks/serve.py --model runs/train-20260101-120000        # about 6 minutes
     python benchmarks/serve.py --model RUN --duration 2 --rounds 1 --concurrency 1 64   # a quick look
 
-Last run (2026-11-22; 2-core AMD EPYC VM shared with other jobs, load average 5-7; torch 2.13.0,
-onnxruntime 1.32.0): at concurrency 64, `mnistlab serve` on ONNX 883 req/s (p50 67.5 ms), on
-torch 794 req/s, the Flask baseline 368 req/s (p50 168 ms); full table in benchmarks/README.md.
+Last run (2026-11-30; 2-core AMD EPYC VM, otherwise idle; torch 2.13.0, onnxruntime 1.32.0): at
+concurrency 64, `mnistlab serve model.onnx --workers 2` 6,601 req/s (p50 9.7 ms, p99 18.1 ms),
+on torch 5,273 req/s (p99 22.1 ms), the Flask baseline 447 req/s (p99 197.6 ms); full table in
+benchmarks/README.md.
 """
 
 from __future__ import annotations

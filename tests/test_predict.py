@@ -158,3 +158,26 @@ def test_kaggle_rejects_a_labelled_training_file(tmp_path, capsys):
     assert "label" in capsys.readouterr().err
     Image.new("L", (28, 28)).save(tmp_path / "x.png")
     assert main(["predict", str(tiny_artifact()), str(tmp_path / "x.png"), "--out", "s.csv"]) == 2
+
+
+@pytest.mark.parametrize("name", ["fastcnn", "resnet", "cnn", "vit"])
+def test_batchnorm_folding_keeps_the_function(name):
+    from mnistlab.models import create_model
+    from mnistlab.predict import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model(name)
+    for m in model.modules():  # trained-looking statistics, so folding has something to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    folded = fold_batchnorm(model, 28)
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert (folded is not model) == has_bn
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(16, 1, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -312,3 +313,51 @@ def test_fast_path_takes_only_post_predict_and_maps_payload_errors():
     r = fast.post("/predict?fail=1")
     assert r.status_code == 415 and r.json() == {"error": "no", "status": 415}
     assert [c[0] for c in calls] == ["fast", "app", "app", "fast"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-worker sockets are used on Linux")
+def test_workers_share_the_port_restart_and_stop_on_ctrl_c():
+    import http.client
+    import signal
+    import socket
+
+    pytest.importorskip("onnxruntime")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(tiny_exported()[1]), "--workers", "2",
+                               "--port", str(port)], env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def health_pids(connections: int, deadline: float) -> set[int]:
+        """The worker pids that answer /health on ``connections`` fresh connections (waiting for start-up)."""
+        pids: set[int] = set()
+        while len(pids) < 2 and time.monotonic() < deadline:
+            for _ in range(connections):
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    conn.request("GET", "/health")
+                    pids.add(json.loads(conn.getresponse().read())["pid"])
+                    conn.close()
+                except OSError:
+                    time.sleep(0.2)
+        return pids
+
+    try:
+        first = health_pids(32, time.monotonic() + 90)
+        assert len(first) == 2, "connections did not reach both workers"
+        os.kill(min(first), signal.SIGKILL)  # a crashed worker is replaced
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (health_pids(32, deadline) - first):
+            time.sleep(0.2)
+        assert health_pids(32, time.monotonic() + 30) - first, "the killed worker was not replaced"
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+        out, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert server.returncode == 0, out
+    assert "starting another" in out

@@ -66,13 +66,12 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         return 0
     from mnistlab.predict import load_predictor
+    from mnistlab.serve.workers import balanced_sockets_available, run_workers
 
     load_predictor(args.model)  # fail early, in this process, on a bad model
+    if balanced_sockets_available():
+        return run_workers(settings, args.host, args.port, args.workers, args.log_level)
     os.environ[ENV_VAR] = settings.to_env()
-    # The workers share one listening socket. libuv (under uvloop) accepts every pending connection
-    # at once, so a burst of clients all landed on one worker (60 of 64 in a measured run) while the
-    # other idled; accepting one at a time spreads them (27/37) and cut the p99 latency by a third.
-    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     uvicorn.run("mnistlab.serve.app:create_app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)
     return 0

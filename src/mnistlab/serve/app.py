@@ -8,6 +8,7 @@ concurrent requests share forward passes through a :class:`MicroBatcher`.
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -147,9 +148,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        """Liveness, with the model's name and how many images were predicted."""
+        """Liveness, with the model's name and how many images this worker process (pid) predicted."""
         return {"status": "ok", "model": predictor.name, "backend": predictor.backend,
-                "images": batcher.images, "batches": batcher.batches}
+                "images": batcher.images, "batches": batcher.batches, "pid": os.getpid()}
 
     @app.get("/model")
     async def model_card() -> dict[str, Any]:

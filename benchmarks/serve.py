@@ -19,9 +19,9 @@ the last byte of its answer. Non-200 answers count as errors.
     python benchmarks/serve.py --model RUN --duration 2 --rounds 1 --concurrency 1 64   # a quick look
 
 Last run (2026-11-30; 2-core AMD EPYC VM, otherwise idle; torch 2.13.0, onnxruntime 1.32.0): at
-concurrency 64, `mnistlab serve model.onnx --workers 2` 6,601 req/s (p50 9.7 ms, p99 18.1 ms),
-on torch 5,273 req/s (p99 22.1 ms), the Flask baseline 447 req/s (p99 197.6 ms); full table in
-benchmarks/README.md.
+concurrency 64 with 2 workers, `mnistlab serve model.onnx` 6,194 req/s (p50 10.2 ms, p99 17.5 ms),
+`mnistlab serve RUN` (torch) 5,489 req/s (p99 18.9 ms), the Flask baseline 384 req/s (p99 265.5
+ms); full table in benchmarks/README.md.
 """
 
 from __future__ import annotations

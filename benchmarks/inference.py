@@ -4,14 +4,15 @@ Every backend runs the same computation: uint8 pixels [N, 1, 28, 28] in, normali
 logits and probabilities out (``mnistlab.export.PixelClassifier``, the graph `mnistlab export`
 writes). Each cell is the median of ``--repeats`` timed runs of at least ``--seconds`` each,
 after a warm-up; torch.compile's compile time is reported apart. Threads: torch and ONNX Runtime
-both use ``--threads`` intra-op threads (default: all cores).
+both use ``--threads`` intra-op threads (default 1).
 
     python benchmarks/inference.py --model runs/train-20260101-120000
     python benchmarks/inference.py              # the default recipe's model untrained: the same speed
 
 Last run (2026-11-30; 2-core AMD EPYC VM, idle; 1 thread; torch 2.13.0, onnxruntime 1.32.0; the
-default fastcnn): batch 1024 eager 6,648 img/s, channels_last 12,149, torch.compile (channels_last)
-25,727, ONNX Runtime 43,141; full table in benchmarks/README.md.
+default fastcnn, untrained): batch 1024 eager 5,781 img/s, channels_last 9,862, BatchNorm folded
++ channels_last (what predict/serve run) 13,554, torch.compile (channels_last) 19,824, ONNX Runtime
+46,375; full table in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from mnistlab.artifact import ModelCard, load_artifact
 from mnistlab.config import load_config, resolve_recipe
 from mnistlab.export import PixelClassifier, export_onnx, quantize_onnx
 from mnistlab.models import create_model
+from mnistlab.predict import fold_batchnorm
 
 
 def images_per_s(fn: Callable[[], object], batch: int, seconds: float, repeats: int) -> float:
@@ -98,11 +100,19 @@ def main() -> None:
         last = PixelClassifier(copy.deepcopy(net).to(memory_format=torch.channels_last), card.preprocess.mean,
                                card.preprocess.std).eval()
 
-        def eager_last(x: np.ndarray):  # what `mnistlab predict` / `serve` run for a torch artifact
+        def eager_last(x: np.ndarray):
             with torch.inference_mode():
                 return last(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
 
         backends["eager PyTorch, channels_last"] = eager_last
+        folded = PixelClassifier(fold_batchnorm(copy.deepcopy(net).eval(), card.preprocess.size)
+                                 .to(memory_format=torch.channels_last), card.preprocess.mean, card.preprocess.std).eval()
+
+        def eager_folded(x: np.ndarray):  # what `mnistlab predict` / `serve` run for a torch artifact
+            with torch.inference_mode():
+                return folded(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+
+        backends["eager PyTorch, BatchNorm folded, channels_last"] = eager_folded
         if not args.no_compile:
             for label, module, layout in (("torch.compile", wrapper, torch.contiguous_format),
                                           ("torch.compile, channels_last", last, torch.channels_last)):

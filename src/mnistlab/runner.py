@@ -136,9 +136,9 @@ def run_training(
         print(f"run {run_dir}: {cfg.model.name} ({count_params(built.model):,} params) on {cfg.data.dataset} "
               f"({len(splits.train):,} train, {len(splits.val) if splits.val else 0:,} val), device {device}"
               + (f" x {world_size} processes" if world_size > 1 else ""))
-    if main and world_size > 1 and cfg.train.sync_batchnorm and device.type != "cuda" and getattr(built.model, "uses_batchnorm", False):
-        print("warning: train.sync_batchnorm needs CUDA; on CPU each process normalises with its own shard's statistics",
-              file=sys.stderr)
+    if (main and not quiet and world_size > 1 and cfg.train.sync_batchnorm and device.type != "cuda"
+            and getattr(built.model, "uses_batchnorm", False)):  # documented in docs/distributed.md
+        print("  batch norm: per process on CPU (train.sync_batchnorm takes effect on CUDA)")
     with peer_errors():  # a peer that died ends this rank with one clear line, not a hang or a trace
         result = fit(cfg, built.model, splits.train, splits.val, device=device, run_dir=run_dir,
                      resume=resume_dir is not None, quiet=quiet, param_groups=built.param_groups,

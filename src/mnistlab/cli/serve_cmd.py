@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="a run directory, a folder with model.json, or an .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="server processes, each with its own model copy")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="server processes, each with its own model copy (and, on Linux, its own socket "
+                        "on the port, so connections spread evenly); one per core serves the most")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="inference threads per process (default 1: batched small models gain little from more, "
                         "and extra threads contend with the server's own)")

@@ -25,8 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="a run directory, a folder with model.json, or an .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="server processes, each with its own model copy (and, on Linux, its own socket "
-                        "on the port, so connections spread evenly); one per core serves the most")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes, each with its own model copy (and, on Linux, its own socket on the port, "
+                        "so connections spread evenly); one per core serves the most")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="inference threads per process (default 1: batched small models gain little from more, "
                         "and extra threads contend with the server's own)")
@@ -67,13 +68,13 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         return 0
     from mnistlab.predict import load_predictor
-    from mnistlab.serve.workers import balanced_sockets_available, run_workers
+    from mnistlab.serve.workers import APP, balanced_sockets_available, run_workers
 
     load_predictor(args.model)  # fail early, in this process, on a bad model
     if balanced_sockets_available():
         return run_workers(settings, args.host, args.port, args.workers, args.log_level)
     os.environ[ENV_VAR] = settings.to_env()
-    uvicorn.run("mnistlab.serve.app:create_app_from_env", factory=True, host=args.host, port=args.port,
+    uvicorn.run(APP, factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)
     return 0
 

@@ -159,6 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
         return model_info(predictor)
 
     async def predict_one(request: Request) -> JSONResponse:
+        """Classify one image: multipart field 'file', JSON {"image": base64} or raw image bytes."""
         top_k, preview = query_options(request)
         body = await read_body(request, settings.max_body_bytes)
         [(name, data)] = await extract_images(request, body, many=False, max_images=1)
@@ -168,11 +169,7 @@ def create_app(settings: Settings) -> FastAPI:
             result["preview"] = pixels.tolist()
         return JSONResponse(result)
 
-    @app.post("/predict", openapi_extra={**PREDICT_BODY, "parameters": [TOP_K, PREVIEW]})
-    async def predict(request: Request) -> JSONResponse:
-        """Classify one image: multipart field 'file', JSON {"image": base64} or raw image bytes."""
-        return await predict_one(request)
-
+    app.post("/predict", openapi_extra={**PREDICT_BODY, "parameters": [TOP_K, PREVIEW]})(predict_one)
     app.add_middleware(FastPath, path="/predict", handler=predict_one)
 
     @app.post("/predict/batch", openapi_extra={**BATCH_BODY, "parameters": [TOP_K]})

@@ -4,7 +4,7 @@ In uvicorn's multi-worker mode the workers share one socket, and whichever worke
 wakes first accepts every pending connection: in measured runs a burst of 64 keep-alive clients
 landed 64/0, 63/1 or 7/57 on two workers, so one core idled while the other queued. Here each
 worker binds its own socket with SO_REUSEPORT and the kernel spreads new connections over them
-by address hash (30/34, 24/40, ...). Where SO_REUSEPORT does not spread connections (outside
+by address hash (30/34, 28/36, 32/32, ... in the same measurements). Where SO_REUSEPORT does not spread connections (outside
 Linux), ``serve`` uses uvicorn's mode instead.
 
 The parent process only supervises: it restarts a worker that dies after it has started serving,

@@ -42,9 +42,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from mnistlab.artifact import load_artifact
 from mnistlab.config import load_config, resolve_recipe
 from mnistlab.data.dataset import ImageData, load_dataset
 from mnistlab.distributed import default_threads
+from mnistlab.evaluate import predict_logits
 from mnistlab.runner import Splits, load_splits, run_training
 
 RESULTS = Path(__file__).parent / "results"
@@ -123,6 +125,7 @@ def run_recipe(recipe: str, seed: int, device: str, threads: int) -> dict[str, A
     tmp = Path(tempfile.mkdtemp(prefix="tta-"))
     try:
         result = run_training(cfg, out=tmp / "run", quiet=True, splits=Splits(splits.train, splits.test, splits.test))
+        views = evaluation_views(tmp / "run", splits.test, cfg.train.eval_batch_size)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     curve, clock = [], 0.0
@@ -131,7 +134,18 @@ def run_recipe(recipe: str, seed: int, device: str, threads: int) -> dict[str, A
         curve.append([round(clock, 3), row["val_acc"], row["epoch"]])
     return {"curve": curve, "train_seconds": result.summary["train_seconds"],
             "final_accuracy": result.summary["test_accuracy"], "epochs": result.summary["epochs"],
-            "model": cfg.model.name, "tta": cfg.train.tta}
+            "model": cfg.model.name, "tta": cfg.train.tta, "accuracy_by_tta": views}
+
+
+def evaluation_views(run_dir: Path, test: ImageData, batch_size: int) -> dict[str, float]:
+    """Test accuracy of the trained model without TTA, with shifts, and with shifts and mirror images."""
+    model, card = load_artifact(run_dir)
+    out = {}
+    for name, tta, mirror in (("none", False, False), ("shifts", True, False), ("shifts+mirror", True, True)):
+        logits = predict_logits(model, test.images, mean=card.preprocess.mean, std=card.preprocess.std,
+                                batch_size=batch_size, tta=tta, mirror=mirror)
+        out[name] = (logits.argmax(1) == test.labels).float().mean().item()
+    return out
 
 
 def datasets_of(recipes: list[str]) -> str:
@@ -188,6 +202,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]], target: float) -> dict[str,
             s["ratio_baseline_5_epochs_over_time_to_target"] = stats(
                 [base_total / h for h in hits if h is not None])
             s["ratio_baseline_5_epochs_over_train_seconds"] = stats([base_total / r["train_seconds"] for r in rs])
+        views = [r["accuracy_by_tta"] for r in rs if "accuracy_by_tta" in r]
+        if views:
+            s["accuracy_by_tta"] = {k: stats([v[k] for v in views]) for k in views[0]}
         out[name] = s
     return out
 
@@ -212,6 +229,10 @@ def markdown(summary: dict[str, Any], env: dict[str, Any], target: float, datase
         lines.append(f"| {name} | {s['seeds']} | {s['reached']} | {fmt(s['seconds_to_target'], digits=1)} | "
                      f"{fmt(s['train_seconds'], digits=1)} | {fmt(s['final_accuracy'], 100)} "
                      f"(min {100 * s['final_accuracy']['min']:.2f}) | {ratio} |")
+    for name, s in summary.items():
+        if "accuracy_by_tta" in s:
+            by = "; ".join(f"{k} {fmt(v, 100)}%" for k, v in s["accuracy_by_tta"].items())
+            lines.append(f"\n{name}, test accuracy of the final weights by test-time augmentation: {by}.")
     return "\n".join(lines)
 
 

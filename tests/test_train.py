@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from mnistlab.artifact import load_artifact
 from mnistlab.cli.main import main
 from mnistlab.config import load_config, resolve_recipe, shipped_recipes
+from mnistlab.evaluate import predict_logits
 from mnistlab.runner import run_training
 
 FAST = ["model.name=cnn", "train.epochs=2", "train.batch_size=64", "data.val_size=200", "optim.lr=0.003",
@@ -46,8 +47,9 @@ def test_train_writes_the_run_directory_and_learns(synthetic_data, capsys):
     assert card["preprocess"]["size"] == 28 and "torch" in card["versions"]
 
 
-def test_eval_json_reproduces_the_run_test_accuracy(synthetic_data, capsys):
-    assert _cli(capsys, "train", *FAST, "train.epochs=1", "--out", "run", "--quiet")[0] == 0
+@pytest.mark.parametrize("extra", [[], ["train.tta=true", "data.augment.hflip=0.5"]], ids=["plain", "tta-mirror"])
+def test_eval_json_reproduces_the_run_test_accuracy(synthetic_data, capsys, extra):
+    assert _cli(capsys, "train", *FAST, "train.epochs=1", *extra, "--out", "run", "--quiet")[0] == 0
     summary = json.loads(Path("run/summary.json").read_text())
     code, out, _ = _cli(capsys, "eval", "run", "--json")
     assert code == 0
@@ -66,6 +68,19 @@ def test_artifact_loads_without_training_code_and_predicts_the_same(synthetic_da
         assert torch.equal(model(x), result.fit.model.eval()(x))
     state = load_file("run/model.safetensors")
     assert not any(k.startswith("_orig_mod") for k in state)
+
+
+def test_tta_averages_shifts_and_with_mirror_the_mirror_images_too():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    plain = predict_logits(model, images, mean=0.0, std=255.0)
+    shifts = predict_logits(model, images, mean=0.0, std=255.0, tta=True)
+    mirrored = predict_logits(model, images.flip(3), mean=0.0, std=255.0, tta=True)
+    both = predict_logits(model, images, mean=0.0, std=255.0, tta=True, mirror=True)
+    assert not torch.allclose(plain, shifts, atol=1e-4)
+    assert torch.allclose(both, (shifts + mirrored) / 2, atol=1e-5)
+    assert torch.equal(predict_logits(model, images, mean=0.0, std=255.0, mirror=True), plain)  # mirror needs tta
 
 
 class _Stop(Exception):

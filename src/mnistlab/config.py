@@ -85,7 +85,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
     threads: int | None = None  # torch intra-op threads; None = number of cores
-    tta: bool = False  # test-time augmentation (flip-free: small shifts) at evaluation
+    tta: bool = False  # test-time augmentation at evaluation: small shifts, and mirror images if augment.hflip > 0
     sync_batchnorm: bool = True  # under data-parallel training
 
 

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from mnistlab.data.dataset import normalize
 
+_SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # (dy, dx) for test-time augmentation
+
 
 @torch.inference_mode()
 def predict_logits(
@@ -24,8 +26,13 @@ def predict_logits(
     bf16: bool = False,
     channels_last: bool = False,
     tta: bool = False,
+    mirror: bool = False,
 ) -> torch.Tensor:
-    """Logits float32 [N, classes] for uint8 images [N, C, H, W], in large batches."""
+    """Logits float32 [N, classes] for uint8 images [N, C, H, W], in large batches.
+
+    ``tta`` averages the logits of the image and its four one-pixel shifts; with ``mirror`` as well,
+    those of their left-right mirror images too (for models trained on mirrored images, never digits).
+    """
     model.eval()
     device = torch.device(device)
     out = []
@@ -35,10 +42,12 @@ def predict_logits(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).float()
-            if tta:  # average over one-pixel shifts: cheap, label-free test-time augmentation
-                for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-                    logits = logits + model(torch.roll(x, shifts=(dy, dx), dims=(2, 3))).float()
-                logits = logits / 5
+            if tta:  # label-free test-time augmentation: one-pixel shifts (and mirror images), averaged
+                views = [x, x.flip(3)] if mirror else [x]
+                others = [torch.roll(v, shifts=s, dims=(2, 3)) for v in views for s in _SHIFTS] + views[1:]
+                for v in others:
+                    logits = logits + model(v).float()
+                logits = logits / (1 + len(others))
         out.append(logits.float().cpu())
     if not out:
         return torch.zeros(0, 0)

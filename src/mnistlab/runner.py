@@ -175,7 +175,8 @@ def finish_run(cfg: Config, result: FitResult, splits: Splits, run_dir: Path, *,
     report = None
     if splits.test is not None:
         logits = predict_logits(model, splits.test.images, mean=train.mean, std=train.std,
-                                batch_size=cfg.train.eval_batch_size, device=device, tta=cfg.train.tta)
+                                batch_size=cfg.train.eval_batch_size, device=device, tta=cfg.train.tta,
+                                mirror=cfg.data.augment.hflip > 0)
         report = report_from_logits(logits, splits.test.labels, splits.test.classes)
         summary.update(test_accuracy=report.accuracy, test_loss=report.loss, per_class=report.per_class,
                        macro=report.macro, weighted=report.weighted)

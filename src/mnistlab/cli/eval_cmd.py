@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
                             hint="evaluate on data with the model's classes, or fine-tune first")
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     logits = predict_logits(model, data.images, mean=card.preprocess.mean, std=card.preprocess.std,
-                            batch_size=args.batch_size or cfg.train.eval_batch_size, tta=cfg.train.tta)
+                            batch_size=args.batch_size or cfg.train.eval_batch_size, tta=cfg.train.tta,
+                            mirror=cfg.data.augment.hflip > 0)
     report = report_from_logits(logits, data.labels, data.classes)
     if args.plots:
         out = Path(args.plots)

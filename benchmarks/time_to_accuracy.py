@@ -42,7 +42,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from mnistlab.artifact import load_artifact
 from mnistlab.config import load_config, resolve_recipe
 from mnistlab.data.dataset import ImageData, load_dataset
 from mnistlab.distributed import default_threads
@@ -125,7 +124,6 @@ def run_recipe(recipe: str, seed: int, device: str, threads: int) -> dict[str, A
     tmp = Path(tempfile.mkdtemp(prefix="tta-"))
     try:
         result = run_training(cfg, out=tmp / "run", quiet=True, splits=Splits(splits.train, splits.test, splits.test))
-        views = evaluation_views(tmp / "run", splits.test, cfg.train.eval_batch_size)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     curve, clock = [], 0.0
@@ -134,15 +132,15 @@ def run_recipe(recipe: str, seed: int, device: str, threads: int) -> dict[str, A
         curve.append([round(clock, 3), row["val_acc"], row["epoch"]])
     return {"curve": curve, "train_seconds": result.summary["train_seconds"],
             "final_accuracy": result.summary["test_accuracy"], "epochs": result.summary["epochs"],
-            "model": cfg.model.name, "tta": cfg.train.tta, "accuracy_by_tta": views}
+            "model": cfg.model.name, "tta": cfg.train.tta,
+            "accuracy_by_tta": evaluation_views(result.fit.model, splits, cfg.train.eval_batch_size)}
 
 
-def evaluation_views(run_dir: Path, test: ImageData, batch_size: int) -> dict[str, float]:
-    """Test accuracy of the trained model without TTA, with shifts, and with shifts and mirror images."""
-    model, card = load_artifact(run_dir)
-    out = {}
+def evaluation_views(model: nn.Module, splits: Splits, batch_size: int) -> dict[str, float]:
+    """Test accuracy of the final weights without TTA, with shifts, and with shifts and mirror images."""
+    test, out = splits.test, {}
     for name, tta, mirror in (("none", False, False), ("shifts", True, False), ("shifts+mirror", True, True)):
-        logits = predict_logits(model, test.images, mean=card.preprocess.mean, std=card.preprocess.std,
+        logits = predict_logits(model, test.images, mean=splits.train.mean, std=splits.train.std,
                                 batch_size=batch_size, tta=tta, mirror=mirror)
         out[name] = (logits.argmax(1) == test.labels).float().mean().item()
     return out

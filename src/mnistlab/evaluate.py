@@ -9,9 +9,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mnistlab.config import Config
 from mnistlab.data.dataset import normalize
 
 _SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # (dy, dx) for test-time augmentation
+
+
+def recipe_tta(cfg: Config) -> dict[str, bool]:
+    """:func:`predict_logits`'s test-time augmentation as a recipe asks: mirror images only if it trained on them."""
+    return {"tta": cfg.train.tta, "mirror": cfg.data.augment.hflip > 0}
 
 
 @torch.inference_mode()

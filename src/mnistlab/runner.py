@@ -22,6 +22,7 @@ from mnistlab.evaluate import (
     plot_curves,
     plot_top_losses,
     predict_logits,
+    recipe_tta,
     report_from_logits,
 )
 from mnistlab.models import count_params, create_model
@@ -175,8 +176,7 @@ def finish_run(cfg: Config, result: FitResult, splits: Splits, run_dir: Path, *,
     report = None
     if splits.test is not None:
         logits = predict_logits(model, splits.test.images, mean=train.mean, std=train.std,
-                                batch_size=cfg.train.eval_batch_size, device=device, tta=cfg.train.tta,
-                                mirror=cfg.data.augment.hflip > 0)
+                                batch_size=cfg.train.eval_batch_size, device=device, **recipe_tta(cfg))
         report = report_from_logits(logits, splits.test.labels, splits.test.classes)
         summary.update(test_accuracy=report.accuracy, test_loss=report.loss, per_class=report.per_class,
                        macro=report.macro, weighted=report.weighted)

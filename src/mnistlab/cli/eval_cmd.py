@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         plot_confusion,
         plot_top_losses,
         predict_logits,
+        recipe_tta,
         report_from_logits,
     )
 
@@ -65,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
                             hint="evaluate on data with the model's classes, or fine-tune first")
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     logits = predict_logits(model, data.images, mean=card.preprocess.mean, std=card.preprocess.std,
-                            batch_size=args.batch_size or cfg.train.eval_batch_size, tta=cfg.train.tta,
-                            mirror=cfg.data.augment.hflip > 0)
+                            batch_size=args.batch_size or cfg.train.eval_batch_size, **recipe_tta(cfg))
     report = report_from_logits(logits, data.labels, data.classes)
     if args.plots:
         out = Path(args.plots)

@@ -11,15 +11,9 @@ import pytest
 import torch
 from data_helpers import as_mode, draw_digit, register, tiny_arrays, tiny_info, write_files
 
-from mnistlab.data.dataset import (
-    MNIST_MEAN,
-    MNIST_STD,
-    ImageData,
-    class_balanced_subset,
-    load_dataset,
-    normalize,
-    split_train_val,
-)
+from mnistlab.data.dataset import class_balanced_subset, load_dataset, split_train_val
+from mnistlab.data.imagedata import ImageData, normalize
+from mnistlab.data.registry import MNIST_MEAN, MNIST_STD
 from mnistlab.errors import DataError
 
 REAL_DATA_DIR = os.environ.get("MNISTLAB_DATA_DIR")  # read before the fixtures below clear it

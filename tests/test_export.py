@@ -16,7 +16,7 @@ from deploy_helpers import CLASSES, make_artifact, tiny_exported  # noqa: E402
 
 from mnistlab.artifact import load_artifact  # noqa: E402
 from mnistlab.cli.main import main  # noqa: E402
-from mnistlab.data.dataset import normalize  # noqa: E402
+from mnistlab.data.imagedata import normalize  # noqa: E402
 from mnistlab.export import check_parity, export_torchscript, load_torchscript, quantize_onnx  # noqa: E402
 from mnistlab.predict import META_CARD  # noqa: E402
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from mnistlab.artifact import ModelCard, Preprocess, load_artifact, save_artifact
 from mnistlab.errors import ConfigError, ModelError
-from mnistlab.finetune.lora import (
+from mnistlab.models.lora import (
     LoRAConv2d,
     LoRALinear,
     apply_lora,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mnistlab.artifact import load_artifact
 from mnistlab.cli.main import main
-from mnistlab.data.dataset import normalize
+from mnistlab.data.imagedata import normalize
 from mnistlab.data.images import preprocess_image
 from mnistlab.predict import find_images, load_predictor, predictions_from_probs
 

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from mnistlab.data.registry import MNIST_MEAN, MNIST_STD
 from mnistlab.errors import ModelError
-from mnistlab.runs import atomic_write_text
+from mnistlab.fileio import atomic_path, atomic_write_text
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -30,8 +31,8 @@ class Preprocess:
     size: int = 28  # side of the square input, pixels
     channels: int = 1
     invert: bool = False  # dataset images are stored dark-on-light (never for this family)
-    mean: float = 0.1307  # of pixel/255
-    std: float = 0.3081
+    mean: float = MNIST_MEAN  # of pixel/255
+    std: float = MNIST_STD
     mnist_style: bool = True  # real images: crop to ink, longer side 20 px, centre of mass
 
 
@@ -91,9 +92,8 @@ def save_artifact(directory: Path, model: torch.nn.Module, card: ModelCard) -> N
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     if not card.versions:
         card.versions = library_versions()
-    tmp = directory / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "arch": card.arch})
-    tmp.replace(directory / WEIGHTS)
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "arch": card.arch})
     atomic_write_text(directory / META, json.dumps(card.to_dict(), indent=2) + "\n")
 
 
@@ -123,11 +123,10 @@ def read_card(path: str | Path) -> ModelCard:
 def build_model(card: ModelCard) -> torch.nn.Module:
     """An untrained model with the card's architecture (adapters included)."""
     from mnistlab.models import create_model
+    from mnistlab.models.lora import apply_lora_from_card
 
     model = create_model(card.arch, **card.arch_args)
-    if card.adapters:
-        from mnistlab.finetune.lora import apply_lora_from_card  # fine-tuning adds adapters
-
+    if card.adapters:  # fine-tuning added adapters
         apply_lora_from_card(model, card.adapters)
     return model
 

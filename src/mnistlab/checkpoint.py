@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from mnistlab.errors import MnistlabError
-from mnistlab.runs import atomic_write_bytes
+from mnistlab.fileio import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -18,6 +18,7 @@ from typing import Any, Union
 import yaml
 
 from mnistlab.errors import ConfigError
+from mnistlab.fileio import atomic_write_text
 
 
 @dataclass
@@ -281,9 +282,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved configuration as YAML, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 RECIPES_DIR = Path(__file__).parent / "configs"

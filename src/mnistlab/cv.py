@@ -20,7 +20,8 @@ from mnistlab.config import Config, config_to_dict, save_config
 from mnistlab.data.dataset import ImageData, load_dataset
 from mnistlab.errors import ConfigError, DataError
 from mnistlab.runner import Splits, run_training, seed_stats
-from mnistlab.runs import atomic_write_text, new_run_dir, write_json
+from mnistlab.fileio import atomic_write_text
+from mnistlab.runs import new_run_dir, write_json
 
 
 def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mnistlab.config import Config
-from mnistlab.data.dataset import normalize
+from mnistlab.data.imagedata import normalize
 
 _SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # (dy, dx) for test-time augmentation
 

@@ -31,7 +31,7 @@ from mnistlab.artifact import ModelCard, unwrap
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluate import predict_logits
 from mnistlab.predict import META_CARD, OnnxPredictor
-from mnistlab.runs import atomic_write_bytes
+from mnistlab.fileio import atomic_write_bytes
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("logits", "probabilities")

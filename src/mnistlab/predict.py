@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mnistlab.data.registry import MNIST_MEAN, MNIST_STD
 from mnistlab.errors import ModelError
 
 ONNX_SUFFIX = ".onnx"
@@ -77,8 +78,8 @@ class Predictor:
         self.classes: list[str] = [str(c) for c in card["classes"]]
         pre = card.get("preprocess") or {}
         self.size = int(pre.get("size", 28))
-        self.mean = float(pre.get("mean", 0.1307))
-        self.std = float(pre.get("std", 0.3081))
+        self.mean = float(pre.get("mean", MNIST_MEAN))
+        self.std = float(pre.get("std", MNIST_STD))
         self.mnist_style = bool(pre.get("mnist_style", True))
         self.invert = bool(pre.get("invert", False))
         if int(pre.get("channels", 1)) != 1:
@@ -168,7 +169,7 @@ class TorchPredictor(Predictor):
         import torch
 
         from mnistlab.artifact import load_artifact, resolve_artifact
-        from mnistlab.data.dataset import normalize
+        from mnistlab.data.imagedata import normalize
 
         directory = resolve_artifact(path)
         model, card = load_artifact(directory, device=device)

@@ -96,7 +96,7 @@ def predict_kaggle(predictor, csv: Path, out: Path, args: argparse.Namespace) ->
     """Write the Kaggle submission ``ImageId,Label`` (ImageId from 1) for a test CSV."""
     from mnistlab.data.dataset import load_dataset
     from mnistlab.errors import DataError
-    from mnistlab.runs import atomic_write_text
+    from mnistlab.fileio import atomic_write_text
 
     data = load_dataset(f"csv:{csv}", "test")
     if data.images.shape[-1] != predictor.size:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "augment": ("AugmentParams", "augment"),
-    "dataset": ("MNIST_MEAN", "MNIST_STD", "SPLITS", "ImageData", "class_balanced_subset", "load_dataset",
-                "normalize", "split_train_val"),
+    "dataset": ("SPLITS", "class_balanced_subset", "load_dataset", "split_train_val"),
     "idx": ("read_idx", "write_idx"),
+    "imagedata": ("ImageData", "normalize"),
     "images": ("IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "ImageError", "image_to_array", "images_to_tensor",
                "load_image", "preprocess_image"),
-    "registry": ("DATASETS", "DatasetInfo", "FileInfo", "get_dataset_info"),
+    "registry": ("DATASETS", "MNIST_MEAN", "MNIST_STD", "DatasetInfo", "FileInfo", "get_dataset_info"),
     "sources": ("VERIFY_PASSES", "download_file", "locate", "search_dirs", "verify"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -54,17 +54,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from mnistlab.data.augment import AugmentParams, augment
-    from mnistlab.data.dataset import (
-        MNIST_MEAN,
-        MNIST_STD,
-        SPLITS,
-        ImageData,
-        class_balanced_subset,
-        load_dataset,
-        normalize,
-        split_train_val,
-    )
+    from mnistlab.data.dataset import SPLITS, class_balanced_subset, load_dataset, split_train_val
     from mnistlab.data.idx import read_idx, write_idx
+    from mnistlab.data.imagedata import ImageData, normalize
     from mnistlab.data.images import (
         IMAGE_EXTENSIONS,
         MAX_IMAGE_PIXELS,
@@ -74,7 +66,7 @@ if TYPE_CHECKING:
         load_image,
         preprocess_image,
     )
-    from mnistlab.data.registry import DATASETS, DatasetInfo, FileInfo, get_dataset_info
+    from mnistlab.data.registry import DATASETS, MNIST_MEAN, MNIST_STD, DatasetInfo, FileInfo, get_dataset_info
     from mnistlab.data.sources import VERIFY_PASSES, download_file, locate, search_dirs, verify
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistlab.data.dataset import MNIST_MEAN, MNIST_STD, ImageData
+from mnistlab.data.imagedata import ImageData
+from mnistlab.data.registry import MNIST_MEAN, MNIST_STD
 from mnistlab.errors import DataError
 
 PIXELS = 28 * 28

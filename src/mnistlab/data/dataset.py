@@ -9,53 +9,22 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mnistlab.data.csvdata import load_csv
+from mnistlab.data.folders import load_folder
 from mnistlab.data.idx import read_idx
+from mnistlab.data.imagedata import ImageData
 from mnistlab.data.registry import DatasetInfo, get_dataset_info
 from mnistlab.data.sources import locate
 from mnistlab.errors import DataError
 
 SPLITS = ("train", "test")
-# Folder and CSV inputs are turned into MNIST-style digits (by preprocess_image, or already are
-# for Kaggle CSVs), so MNIST's statistics are the right normalisation for them, and they match
-# what a model pretrained on MNIST expects when it is fine-tuned on them.
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
-
-
-@dataclass
-class ImageData:
-    """A dataset split held in memory."""
-
-    images: torch.Tensor  # uint8 [N, C, H, W] (C=1, 28x28 for this family)
-    labels: torch.Tensor  # int64 [N]; -1 where unknown (unlabelled CSV test files)
-    classes: list[str]
-    name: str  # the spec it came from
-    mean: float  # normalisation statistics of the source dataset (pixel/255)
-    std: float
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) for folder datasets
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def subset(self, index: torch.Tensor) -> ImageData:
-        """The examples at ``index`` (int64 indices or a bool mask), as a new ImageData."""
-        index = index.to(self.labels.device)
-        return replace(self, images=self.images[index], labels=self.labels[index], skipped=list(self.skipped))
-
-    def to(self, device: torch.device | str) -> ImageData:
-        """A copy whose tensors live on ``device``."""
-        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
-
-    def class_counts(self) -> torch.Tensor:
-        """Number of examples of each class, int64 [len(classes)] (unlabelled ones not counted)."""
-        known = self.labels[self.labels >= 0]
-        return torch.bincount(known.cpu(), minlength=len(self.classes))
+# A spec prefix and the loader of its files: (path, split, spec=...) -> ImageData.
+LOADERS = {"folder:": load_folder, "csv:": load_csv}
 
 
 def _file_key(path: Path) -> tuple[str, int, int]:
@@ -114,18 +83,12 @@ def load_dataset(spec: str, split: str = "train", *, data_dir: str | os.PathLike
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for {spec}: use 'train' or 'test'")
     spec = spec.strip()
-    for prefix in ("folder:", "csv:"):
+    for prefix, loader in LOADERS.items():
         if spec.startswith(prefix):
             path = spec[len(prefix):].strip()
             if not path:
                 raise DataError(f"{spec!r} names no path: write {prefix}PATH")
-            if prefix == "folder:":
-                from mnistlab.data.folders import load_folder
-
-                return load_folder(Path(path).expanduser(), split, spec=spec)
-            from mnistlab.data.csvdata import load_csv
-
-            return load_csv(Path(path).expanduser(), split, spec=spec)
+            return loader(Path(path).expanduser(), split, spec=spec)
     info = get_dataset_info(spec.lower())
     return _load_registered(info, split, data_dir=data_dir, download=download, progress=progress)
 
@@ -206,12 +169,3 @@ def class_balanced_subset(data: ImageData, k_per_class: int, seed: int) -> Image
         idx = torch.nonzero(labels == c).flatten()
         picks.append(idx[torch.randperm(len(idx), generator=generator)[:k_per_class]])
     return data.subset(torch.sort(torch.cat(picks)).values)
-
-
-def normalize(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """Model input from images: uint8 [B, C, H, W] -> float32 (x/255 - mean)/std.
-
-    Floating-point input is taken to be already scaled to [0, 1].
-    """
-    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    return (x - mean) / std

@@ -6,7 +6,6 @@ verified, so ``dest`` either does not exist or holds a good file.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import urllib.error
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from mnistlab import __version__
 from mnistlab.data.idx import decompressed_md5
 from mnistlab.errors import DataError
+from mnistlab.fileio import durable_replace
 
 _CHUNK = 1 << 16
 
@@ -94,7 +94,7 @@ def download_file(url: str, dest: Path, *, md5: str | None, progress: bool = Tru
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    os.replace(part, dest)
+    durable_replace(part, dest)
     return dest
 
 
@@ -117,7 +117,7 @@ def extract_members(archive: Path, wanted: dict[str, Path]) -> dict[str, Path]:
                 try:
                     with zf.open(info) as src, open(part, "wb") as dst:
                         shutil.copyfileobj(src, dst, _CHUNK)
-                    os.replace(part, target)
+                    durable_replace(part, target)
                 finally:
                     part.unlink(missing_ok=True)
                 done[base] = target

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab.errors import DataError
-from mnistlab.runs import atomic_write_bytes
+from mnistlab.fileio import atomic_write_bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
 

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from mnistlab.errors import DataError
 
 SPLIT_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+# MNIST's pixel statistics (of pixel/255). Also the normalisation of folder and CSV inputs: they
+# are turned into MNIST-style digits (by preprocess_image, or already are for Kaggle CSVs), and
+# these are what a model pretrained on MNIST expects when it is fine-tuned on them.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
 
 
 @dataclass(frozen=True)
@@ -120,8 +125,8 @@ def _qmnist() -> DatasetInfo:
         description="QMNIST: MNIST reconstructed from NIST SD19, with the full 60,000-image test set "
         "(Yadav and Bottou 2019)",
         classes=DIGITS,
-        mean=0.1307,
-        std=0.3081,
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
         files={key: FileInfo(n, None, s) for key, n, s in zip(SPLIT_KEYS, names, sizes, strict=True)},
         mirrors=("https://raw.githubusercontent.com/facebookresearch/qmnist/master/",),
         homepage="https://github.com/facebookresearch/qmnist",
@@ -137,8 +142,8 @@ DATASETS: dict[str, DatasetInfo] = {
         name="mnist",
         description="MNIST handwritten digits (LeCun, Cortes and Burges)",
         classes=DIGITS,
-        mean=0.1307,
-        std=0.3081,
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
         files=_idx_files(60_000, 10_000, md5s=(
             "6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
             "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637",

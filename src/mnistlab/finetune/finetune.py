@@ -26,7 +26,7 @@ from mnistlab.config import AugmentConfig, Config
 from mnistlab.data.dataset import ImageData, class_balanced_subset, load_dataset, split_train_val
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.evaluate import predict_logits
-from mnistlab.finetune.lora import apply_lora, merge_lora
+from mnistlab.models.lora import apply_lora, merge_lora
 from mnistlab.finetune.strategies import (
     apply_depth,
     check_strategy,

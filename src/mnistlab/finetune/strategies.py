@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from mnistlab.errors import ConfigError
-from mnistlab.finetune.lora import is_adapter_param
+from mnistlab.models.lora import is_adapter_param
 
 STRATEGIES = ("full", "head", "partial", "lora")
 

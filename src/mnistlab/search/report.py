@@ -13,7 +13,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from mnistlab.config import Config, config_to_dict
-from mnistlab.runs import atomic_write_text
+from mnistlab.fileio import atomic_write_text
 
 
 def fmt_value(value: Any) -> str:

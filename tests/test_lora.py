@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from mnistlab.artifact import ModelCard, Preprocess, load_artifact, save_artifact
 from mnistlab.errors import ConfigError, ModelError
+from mnistlab.finetune.strategies import apply_depth, freeze_norm_statistics, param_groups
+from mnistlab.models import create_model
 from mnistlab.models.lora import (
     LoRAConv2d,
     LoRALinear,
@@ -19,8 +21,6 @@ from mnistlab.models.lora import (
     merge_lora,
     select_targets,
 )
-from mnistlab.finetune.strategies import apply_depth, freeze_norm_statistics, param_groups
-from mnistlab.models import create_model
 
 TINY = {
     "cnn": {},

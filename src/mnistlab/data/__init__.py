@@ -66,7 +66,14 @@ if TYPE_CHECKING:
         load_image,
         preprocess_image,
     )
-    from mnistlab.data.registry import DATASETS, MNIST_MEAN, MNIST_STD, DatasetInfo, FileInfo, get_dataset_info
+    from mnistlab.data.registry import (
+        DATASETS,
+        MNIST_MEAN,
+        MNIST_STD,
+        DatasetInfo,
+        FileInfo,
+        get_dataset_info,
+    )
     from mnistlab.data.sources import VERIFY_PASSES, download_file, locate, search_dirs, verify
 
 

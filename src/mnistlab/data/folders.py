@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from mnistlab.data.imagedata import ImageData
-from mnistlab.data.registry import MNIST_MEAN, MNIST_STD
 from mnistlab.data.images import ImageError, image_to_array, images_to_tensor, is_image_file
+from mnistlab.data.registry import MNIST_MEAN, MNIST_STD
 from mnistlab.errors import DataError
 
 

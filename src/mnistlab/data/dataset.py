@@ -1,7 +1,7 @@
 """In-memory datasets: load any dataset spec into uint8 tensors, split, subsample, normalise.
 
 A spec is a registered name (``mnist``, ``emnist-letters``, ...), ``folder:PATH`` or
-``csv:PATH`` (see DESIGN.md, "Datasets"). Every loader returns an ImageData whose images are a
+``csv:PATH`` (see docs/design.md, "Datasets"). Every loader returns an ImageData whose images are a
 uint8 tensor [N, 1, 28, 28]; batches are index slices of it.
 """
 

@@ -1,6 +1,6 @@
 """Where a registered dataset's files come from: local folders first, then its mirrors.
 
-Lookup order (DESIGN.md, "Datasets"): the directory given by the caller (the dataset folder
+Lookup order (docs/design.md, "Datasets"): the directory given by the caller (the dataset folder
 itself or its parent), ``$MNISTLAB_DATA_DIR/<name>/``, the user cache
 ``${XDG_CACHE_HOME:-~/.cache}/mnistlab/datasets/<name>/``, ``SYSTEM_DATA_ROOT/<name>/`` and last
 a download into the user cache.

@@ -23,15 +23,27 @@ from mnistlab.fileio import atomic_write_text
 
 @dataclass
 class AugmentConfig:
-    """Batched random augmentation applied to training batches only."""
+    """Batched random augmentation of training batches (``data.augment``); every field 0 means none."""
 
-    rotate: float = 0.0  # max rotation, degrees
-    translate: float = 0.0  # max shift, fraction of the image side
-    scale: float = 0.0  # max relative zoom: 0.1 -> [0.9, 1.1]
-    shear: float = 0.0  # max shear, degrees
-    elastic: float = 0.0  # elastic distortion strength, pixels; 0 = off
-    erase: float = 0.0  # probability of random erasing per image
-    hflip: float = 0.0  # probability of a left-right mirror per image (for clothes; never for digits)
+    rotate: float = 0.0  # max degrees, uniform in [-rotate, rotate]
+    translate: float = 0.0  # max shift as a fraction of the image size, per axis
+    scale: float = 0.0  # max relative size change: 0.1 -> uniform in [0.9, 1.1]
+    shear: float = 0.0  # max degrees of horizontal shear
+    elastic: float = 0.0  # elastic distortion strength alpha, pixels (Simard et al. use 34); 0 = off
+    elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels (Gaussian sigma)
+    erase: float = 0.0  # probability of erasing one random rectangle per image
+    hflip: float = 0.0  # probability of a left-right mirror per image (clothes, not digits)
+
+    @property
+    def enabled(self) -> bool:
+        """True when any augmentation is switched on."""
+        return any(v > 0 for v in (self.rotate, self.translate, self.scale, self.shear, self.elastic, self.erase,
+                                   self.hflip))
+
+    @property
+    def geometric(self) -> bool:
+        """True when the images are resampled (affine or elastic)."""
+        return any(v > 0 for v in (self.rotate, self.translate, self.scale, self.shear, self.elastic))
 
 
 @dataclass

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from mnistlab.artifact import unwrap
 from mnistlab.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.config import Config
-from mnistlab.data.augment import AugmentParams, augment
+from mnistlab.data.augment import augment_batch
 from mnistlab.data.dataset import ImageData
 from mnistlab.distributed import average_grads
 from mnistlab.evaluate import predict_logits
@@ -185,7 +185,7 @@ def fit(
         steps = min(steps, max_steps)
     schedule = Schedule(optimizer, cfg.schedule, steps, tc.epochs)
     loss_fn = _loss_fn(cfg, len(train_data.classes), device)
-    aug = AugmentParams(**vars(cfg.data.augment))
+    aug = cfg.data.augment
     images = train_data.images.to(device)
     labels = train_data.labels.to(device)
     mean, std = train_data.mean, train_data.std
@@ -226,7 +226,7 @@ def fit(
             idx = perm[i * batch + rank * local_batch : i * batch + (rank + 1) * local_batch]
             x = images[idx].float().div_(255)  # uint8 [B,C,H,W] -> float in [0, 1]
             if aug.enabled:
-                x = augment(x, aug, generator=aug_gen)
+                x = augment_batch(x, aug, generator=aug_gen)
             x = (x - mean) / std
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -6,12 +6,10 @@ Names are imported on first use, so light commands (``mnistlab data list``) do n
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "augment": ("AugmentParams", "augment"),
+    "augment": ("augment_batch",),
     "dataset": ("SPLITS", "class_balanced_subset", "load_dataset", "split_train_val"),
     "idx": ("read_idx", "write_idx"),
     "imagedata": ("ImageData", "normalize"),
@@ -22,7 +20,6 @@ _EXPORTS = {
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
-    "AugmentParams",
     "DATASETS",
     "DatasetInfo",
     "FileInfo",
@@ -34,7 +31,7 @@ __all__ = [
     "MNIST_STD",
     "SPLITS",
     "VERIFY_PASSES",
-    "augment",
+    "augment_batch",
     "class_balanced_subset",
     "download_file",
     "get_dataset_info",
@@ -53,7 +50,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from mnistlab.data.augment import AugmentParams, augment
+    from mnistlab.data.augment import augment_batch
     from mnistlab.data.dataset import SPLITS, class_balanced_subset, load_dataset, split_train_val
     from mnistlab.data.idx import read_idx, write_idx
     from mnistlab.data.imagedata import ImageData, normalize
@@ -91,15 +88,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _DataPackage(types.ModuleType):
-    """Keeps ``mnistlab.data.augment`` the function even after its submodule of the same name loads."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "augment" and isinstance(value, types.ModuleType):
-            return  # the submodule stays reachable as sys.modules["mnistlab.data.augment"]
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _DataPackage

@@ -7,35 +7,11 @@ every random draw comes from the caller's generator, so a seed reproduces a batc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class AugmentParams:
-    """How strongly to augment; every field 0 means no augmentation."""
-
-    rotate: float = 0.0  # max degrees, uniform in [-rotate, rotate]
-    translate: float = 0.0  # max shift as a fraction of the image size, per axis
-    scale: float = 0.0  # max relative size change: 0.1 -> uniform in [0.9, 1.1]
-    shear: float = 0.0  # max degrees of horizontal shear
-    elastic: float = 0.0  # elastic distortion strength alpha, pixels (Simard et al. use 34); 0 = off
-    elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels (Gaussian sigma)
-    erase: float = 0.0  # probability of erasing one random rectangle per image
-    hflip: float = 0.0  # probability of a left-right mirror per image (clothes, not digits)
-
-    @property
-    def enabled(self) -> bool:
-        """True when any augmentation is switched on."""
-        return any(v > 0 for v in (self.rotate, self.translate, self.scale, self.shear, self.elastic, self.erase,
-                                   self.hflip))
-
-    @property
-    def geometric(self) -> bool:
-        """True when the images are resampled (affine or elastic)."""
-        return any(v > 0 for v in (self.rotate, self.translate, self.scale, self.shear, self.elastic))
+from mnistlab.config import AugmentConfig
 
 
 def _uniform(n: int, bound: float, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -43,7 +19,7 @@ def _uniform(n: int, bound: float, x: torch.Tensor, generator: torch.Generator |
     return (torch.rand(n, device=x.device, generator=generator) * 2 - 1) * bound
 
 
-def _affine_theta(x: torch.Tensor, p: AugmentParams, generator: torch.Generator | None) -> torch.Tensor:
+def _affine_theta(x: torch.Tensor, p: AugmentConfig, generator: torch.Generator | None) -> torch.Tensor:
     """Per-image sampling matrices [B, 2, 3] for F.affine_grid (output -> input coordinates)."""
     b, _, h, w = x.shape
     angle = _uniform(b, math.radians(p.rotate), x, generator)
@@ -79,7 +55,7 @@ def _blur_matrix(n: int, sigma: float, device: torch.device) -> torch.Tensor:
     return m
 
 
-def _elastic_field(x: torch.Tensor, p: AugmentParams, generator: torch.Generator | None) -> torch.Tensor:
+def _elastic_field(x: torch.Tensor, p: AugmentConfig, generator: torch.Generator | None) -> torch.Tensor:
     """Smooth random displacements [B, H, W, 2] in normalised grid units (x, y order).
 
     As Simard et al. (2003): uniform noise in [-1, 1] per pixel, smoothed by a Gaussian of
@@ -111,8 +87,8 @@ def _erase(x: torch.Tensor, prob: float, fill: float, generator: torch.Generator
     return x.masked_fill(mask, fill)  # the mask broadcasts over channels
 
 
-def augment(x: torch.Tensor, p: AugmentParams, generator: torch.Generator | None = None,
-            fill: float = 0.0) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, p: AugmentConfig, generator: torch.Generator | None = None,
+                  fill: float = 0.0) -> torch.Tensor:
     """Randomly augment a float batch [B, C, H, W]; returns a new tensor of the same shape.
 
     ``fill`` is the value of a black pixel in ``x``'s scale (0 for [0, 1] images,
@@ -122,7 +98,7 @@ def augment(x: torch.Tensor, p: AugmentParams, generator: torch.Generator | None
     if not p.enabled or x.shape[0] == 0:
         return x
     if not x.is_floating_point():
-        raise TypeError(f"augment needs a floating-point batch, got {x.dtype}; call normalize() first")
+        raise TypeError(f"augment_batch needs a floating-point batch, got {x.dtype}; call normalize() first")
     out = x
     if p.geometric:
         theta = _affine_theta(x, p, generator)

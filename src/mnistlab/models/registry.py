@@ -40,6 +40,13 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# Every builder takes these; they come from the data (channels, class count), never from a recipe.
+DATA_ARGS = ("in_channels", "num_classes")
+
+
+def recipe_args(args: dict[str, Any]) -> dict[str, Any]:
+    """A model's arguments without the ones the data sets (what a recipe's ``model.args`` may hold)."""
+    return {k: v for k, v in args.items() if k not in DATA_ARGS}
 
 
 def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
@@ -49,7 +56,7 @@ def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         params = inspect.signature(fn).parameters
-        for required in ("in_channels", "num_classes"):
+        for required in DATA_ARGS:
             if required not in params:
                 raise TypeError(f"builder {fn.__name__} for {name!r} lacks the '{required}' argument")
         for p in params.values():
@@ -125,7 +132,7 @@ def _resolve(name: str, fn: Builder, kwargs: dict[str, Any]) -> dict[str, Any]:
     for arg, p in params.items():
         value = kwargs.get(arg, p.default)
         args[arg] = _coerce(value, hints.get(arg, Any), name, arg, p.default)
-    for arg in ("in_channels", "num_classes"):
+    for arg in DATA_ARGS:
         if args[arg] < 1:
             raise ModelError(
                 f"model '{name}': {arg} must be at least 1, got {args[arg]}", hint=f"e.g. {arg}=1"

@@ -137,8 +137,8 @@ def _wrap(model: nn.Module, names: list[str], rank: int, alpha: float) -> None:
 def apply_lora(model: nn.Module, rank: int, alpha: float, targets: list[str]) -> dict[str, Any]:
     """Wrap the targeted layers in adapters (in place); return the card's ``adapters`` entry.
 
-    Only adds the adapters: use :func:`mark_trainable` or the fine-tuning strategies to freeze
-    everything else.
+    Only adds the adapters: the fine-tuning strategies (``finetune.strategies.apply_depth`` with
+    ``adapters=True``) freeze everything else.
     """
     names = select_targets(model, targets)
     _wrap(model, names, rank, float(alpha))

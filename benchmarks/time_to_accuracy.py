@@ -46,7 +46,9 @@ from mnistlab.config import load_config, resolve_recipe
 from mnistlab.data.dataset import ImageData, load_dataset
 from mnistlab.distributed import default_threads
 from mnistlab.evaluate import predict_logits
-from mnistlab.runner import Splits, load_splits, run_training
+from mnistlab.runner import RunPlan, run_training
+from mnistlab.seeds import describe
+from mnistlab.splits import Splits, make_splits
 
 RESULTS = Path(__file__).parent / "results"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the tutorial's constants
@@ -120,10 +122,10 @@ def run_recipe(recipe: str, seed: int, device: str, threads: int) -> dict[str, A
     cfg = load_config(resolve_recipe(name), overrides + [
         f"seed={seed}", f"device={device}", f"train.threads={threads}",
         "train.restore_best=false", "train.early_stop_patience=0"])
-    splits = load_splits(cfg, progress=False)
+    splits = make_splits(cfg, progress=False)
     tmp = Path(tempfile.mkdtemp(prefix="tta-"))
     try:
-        result = run_training(cfg, out=tmp / "run", quiet=True, splits=Splits(splits.train, splits.test, splits.test))
+        result = run_training(cfg, out=tmp / "run", quiet=True, plan=RunPlan(splits=Splits(splits.train, splits.test, splits.test)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     curve, clock = [], 0.0
@@ -157,10 +159,9 @@ def reached(curve: list[list[float]], target: float) -> float | None:
 
 
 def stats(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
+    """Mean, sample std, min, max and count over seeds; None for no values."""
+    found = describe(values)
+    return None if found is None else found.to_dict()
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -8,7 +8,7 @@ the run seed) trains
   settings the table was measured with (AdamW 3e-3, one-cycle, float32: `SCRATCH_OVERRIDES`) on a
   freshly initialised model of the parent's architecture;
 - `head`, `lora`, `partial`, `full`: `mnistlab finetune PARENT configs/finetune-fashion-<strategy>.yaml`.
-Every method runs through the same pipeline (`mnistlab.finetune.prepare_splits`), so with
+Every method runs through the same pipeline (`mnistlab.finetune.run.prepare_splits`), so with
 K <= 100 all get the small-set settings (300 steps of 32, 20% held out for early stopping with
 best-weights restore when K >= 5, light augmentation); with all data every method trains 1
 epoch (`--all-epochs`). Accuracy is on the full 10,000-image test set; the table gives the mean
@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -39,8 +38,9 @@ import torch
 from mnistlab.artifact import read_card
 from mnistlab.config import Config, load_config, resolve_recipe
 from mnistlab.data.registry import get_dataset_info
-from mnistlab.finetune.finetune import finetune, prepare_splits
-from mnistlab.runner import build_from_registry, run_training
+from mnistlab.finetune.run import finetune, prepare_splits
+from mnistlab.runner import RunPlan, run_training
+from mnistlab.seeds import seed_stats
 
 SHOTS = ["1", "5", "10", "50", "100", "all"]
 METHODS = ["scratch", "head", "lora", "partial", "full"]
@@ -66,12 +66,12 @@ def run_scratch(cfg: Config, parent: Path, out: Path) -> dict:
     card = read_card(parent)
     cfg.model.name = card.arch
     cfg.model.args = {k: v for k, v in card.arch_args.items() if k not in ("in_channels", "num_classes")}
-    splits, _ = prepare_splits(cfg, card, progress=False)
+    cfg, splits, _ = prepare_splits(cfg, card, progress=False)
     info = get_dataset_info(DATASET)
     for data in (splits.train, splits.val, splits.test):
         if data is not None:
             data.mean, data.std = info.mean, info.std
-    return run_training(cfg, out=out, quiet=True, builder=build_from_registry, prefix="scratch", splits=splits).summary
+    return run_training(cfg, out=out, quiet=True, plan=RunPlan(splits=splits, prefix="scratch")).summary
 
 
 def run_cell(method: str, parent: Path, shots: str, seed: int, all_epochs: int, threads: int | None) -> dict:
@@ -95,7 +95,7 @@ def cell_stats(cells: dict, method: str, shots: str, seeds: list[int]) -> tuple[
     accs = [cells[f"{method}/{shots}/{s}"]["test_accuracy"] for s in seeds if f"{method}/{shots}/{s}" in cells]
     if not accs:
         return None
-    return statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
+    return seed_stats(accs)
 
 
 def table(cells: dict, shots: list[str], methods: list[str], seeds: list[int]) -> str:

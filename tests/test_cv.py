@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mnistlab.cv as cv
-import mnistlab.runner as runner
+import mnistlab.splits as splits
 from mnistlab.cli.main import main
 from mnistlab.config import load_config
 from mnistlab.cv import run_cv, stratified_folds
@@ -63,8 +62,7 @@ def test_cv_cli_reports_folds_never_loads_test_and_repeats_exactly(synthetic_dat
             return loader(spec, split, **kw)
         return load
 
-    monkeypatch.setattr(cv, "load_dataset", spy(cv.load_dataset))
-    monkeypatch.setattr(runner, "load_dataset", spy(runner.load_dataset))
+    monkeypatch.setattr(splits, "load_dataset", spy(splits.load_dataset))  # every command loads its data there
     assert main(["cv", *TINY, "--folds", "3", "--out", "a", "--quiet"]) == 0
     table = capsys.readouterr().out
     assert "mean validation accuracy" in table and "±" in table

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from mnistlab.checkpoint import load_checkpoint
-from mnistlab.cli.main import build_parser
+from mnistlab.cli.main import build_parser, worker_argv
 from mnistlab.config import load_config, resolve_recipe
-from mnistlab.distributed import describe_failure, init_distributed, on_main, worker_argv
+from mnistlab.distributed import describe_failure, init_distributed, on_main
 from mnistlab.errors import MnistlabError
 from mnistlab.runner import resume_config, run_training
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from mnistlab.artifact import load_artifact, read_card
 from mnistlab.cli.main import main
 from mnistlab.config import load_config, resolve_recipe, shipped_recipes
-from mnistlab.finetune.finetune import adapt_head, finetune, prepare_splits
+from mnistlab.finetune.run import adapt_head, finetune, prepare_splits
 from mnistlab.finetune.strategies import (
     apply_depth,
     layer_groups,
@@ -111,12 +111,13 @@ def test_partial_with_gradual_unfreezing_trains_the_last_blocks_only(parent, cap
     before, after = load_file(str(parent / "model.safetensors")), load_file("ft/model.safetensors")
     changed = {k.split(".")[1] for k in before if k.startswith("body.") and not torch.equal(before[k], after[k])}
     assert changed == {"dense"}  # the cnn's last block
+    cfg = load_config(Path("ft/config.yaml"))  # finetune leaves its argument alone; the run saved the resolved one
     assert result.summary["epochs"] == cfg.train.epochs >= 2
 
 
 def _prepare(parent: Path, *overrides: str):
     cfg = load_config(resolve_recipe("finetune-default"), ["data.dataset=fashion-mnist", *overrides])
-    splits, small = prepare_splits(cfg, read_card(parent))
+    cfg, splits, small = prepare_splits(cfg, read_card(parent))
     return cfg, splits, small
 
 
@@ -160,7 +161,7 @@ def test_resume_gives_the_same_final_weights(parent, capsys, monkeypatch, strate
             "--quiet", "finetune.small.steps=12", "finetune.small.batch_size=20", "finetune.small.min_val_per_class=1",
             "train.threads=1", *extra]  # 1 per class held out: early-stopping state resumes too
     assert _cli(capsys, *argv, "--out", "full")[0] == 0
-    from mnistlab.finetune import finetune as module
+    from mnistlab.finetune import run as module
 
     original = module._Plan.epoch_done
 

@@ -227,3 +227,35 @@ def test_models_and_help(capsys):
             main([verb, "--help"])
         assert e.value.code == 0
         assert "examples:" in capsys.readouterr().out
+
+
+def test_the_checkpoint_is_the_train_state_and_loads_back_into_a_fresh_one(synthetic_data):
+    from mnistlab.checkpoint import load_checkpoint
+    from mnistlab.optim import Schedule, build_optimizer
+    from mnistlab.train_state import EMA, Tracker, TrainState
+
+    cfg = load_config(None, FAST + ["train.epochs=1", "train.ema=0.9"])
+    run_training(cfg, out="run", quiet=True)
+    saved = load_checkpoint(Path("run"))
+    assert set(saved) == {"model", "optimizer", "schedule", "ema", "epoch", "step", "train_seconds", "history",
+                          "best", "best_epoch", "bad_epochs", "best_state"}
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))  # any module: the state, not the architecture, is tested
+    model.load_state_dict({"0.weight": torch.zeros(2, 2), "0.bias": torch.zeros(2)})
+    optimizer = build_optimizer([{"params": list(model.parameters())}], cfg.optim)
+    state = TrainState(model, optimizer, Schedule(optimizer, cfg.schedule, 10, 1), EMA(model, 0.9), Tracker("val_acc"))
+    state.step, state.epoch, state.history = 7, 1, [{"epoch": 1}]
+    fresh_model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    fresh_opt = build_optimizer([{"params": list(fresh_model.parameters())}], cfg.optim)
+    fresh = TrainState(fresh_model, fresh_opt, Schedule(fresh_opt, cfg.schedule, 10, 1), EMA(fresh_model, 0.9),
+                       Tracker("val_acc"))
+    fresh.load_state_dict(state.state_dict())
+    assert (fresh.step, fresh.epoch, fresh.history) == (7, 1, [{"epoch": 1}])
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in (*fresh_model.parameters(), *fresh.ema.model.parameters()))
+
+
+def test_resolve_device_auto_and_by_name():
+    from mnistlab.device import resolve_device, world
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in {"cuda", "mps", "cpu"}
+    assert world() == (0, 1)

@@ -29,7 +29,7 @@ from mnistlab.search.space import (  # noqa: E402
     resolve_space,
     trial_config,
 )
-from mnistlab.tune import TuneOptions, run_tune  # noqa: E402
+from mnistlab.search.tune import TuneOptions, run_tune  # noqa: E402
 
 TINY = {"model.name": "linear", "train.epochs": 1, "data.val_size": 100, "data.train_limit": 300}
 GRID_SPACE = """

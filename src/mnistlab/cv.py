@@ -10,18 +10,20 @@ weights the run ends with (the best epoch's when ``train.restore_best`` is on, a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mnistlab.config import Config, config_to_dict, save_config
-from mnistlab.data.dataset import ImageData, load_dataset
+from mnistlab.data.dataset import ImageData
 from mnistlab.errors import ConfigError, DataError
-from mnistlab.runner import Splits, run_training, seed_stats
 from mnistlab.fileio import atomic_write_text
+from mnistlab.runner import RunPlan, run_training
 from mnistlab.runs import new_run_dir, write_json
+from mnistlab.seeds import seed_stats
+from mnistlab.splits import Splits, load_pool, make_splits
 
 
 def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
@@ -56,12 +58,11 @@ class CvResult:
 
 def _pool(cfg: Config, progress: bool) -> ImageData:
     """The labelled training split the folds are cut from (``data.train_limit`` caps it)."""
-    data = load_dataset(cfg.data.dataset, "train", data_dir=cfg.data.data_dir, progress=progress)
+    data = load_pool(cfg, progress=progress)
     if bool((data.labels < 0).any()):
         raise DataError(f"{cfg.data.dataset}: cross-validation needs labels, but some training examples have none")
-    if cfg.data.train_limit is not None:
-        data = data.subset(torch.arange(min(cfg.data.train_limit, len(data))))
-    return data
+    whole = replace(cfg, data=replace(cfg.data, val_size=0))  # the folds are the validation sets
+    return make_splits(whole, pool=data, test=False, progress=progress).train
 
 
 def format_table(rows: list[dict[str, Any]], mean: float, std: float) -> str:
@@ -94,7 +95,7 @@ def run_cv(cfg: Config, k: int, *, out: str | Path | None = None, quiet: bool = 
         splits = Splits(data.subset(torch.nonzero(~is_val).flatten()), data.subset(val_idx), None)
         if not quiet:
             print(f"fold {i}/{k}: {len(splits.train):,} train, {len(splits.val):,} val")
-        result = run_training(cfg, out=run_dir / f"fold-{i}", quiet=True, splits=splits, evaluate_test=False)
+        result = run_training(cfg, out=run_dir / f"fold-{i}", quiet=True, plan=RunPlan(splits=splits))
         s = result.summary
         best = next((h for h in result.fit.history if h["epoch"] == result.fit.best_epoch), result.fit.history[-1])
         row = {"fold": i, "train_images": len(splits.train), "val_images": len(splits.val),

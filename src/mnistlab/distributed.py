@@ -9,7 +9,6 @@ turns a dead worker into one line naming its rank.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import logging
@@ -147,46 +146,20 @@ def peer_errors() -> Iterator[None]:
         ) from err
 
 
-def worker_argv(args: argparse.Namespace) -> list[str]:
-    """The mnistlab command line that produced ``args``, without ``--nproc``: what each worker runs."""
-    from mnistlab.cli.main import build_parser  # the CLI's own parser, so workers get the exact command
+def launch_local(nproc: int, argv: list[str], *, verb: str = "train", run: str | None = None,
+                 debug: bool = False) -> int:
+    """Run ``mnistlab ARGV`` under torchrun as ``nproc`` processes on this machine.
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    verb_parser = sub.choices[args.verb]
-    argv = ["--debug"] if getattr(args, "debug", False) else []
-    argv.append(args.verb)
-    positionals: list[str] = []
-    for action in verb_parser._actions:
-        if action.dest in ("help", "nproc") or not hasattr(args, action.dest):
-            continue
-        value = getattr(args, action.dest)
-        if not action.option_strings:
-            positionals += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-        elif value == action.default:
-            continue
-        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            argv.append(action.option_strings[0])
-        elif isinstance(value, list):
-            argv += [action.option_strings[0], *map(str, value)]
-        else:
-            argv += [action.option_strings[0], str(value)]
-    return argv + positionals
-
-
-def launch_local(nproc: int, args: argparse.Namespace) -> int:
-    """Run the command in ``args`` under torchrun as ``nproc`` processes on this machine.
-
-    Rank 0 prints to the console; the other ranks' output goes to log files that are kept
-    only when something fails. A failed worker becomes one MnistlabError naming its rank.
+    ``argv`` is the command each worker runs (without ``--nproc``); ``verb`` and ``run`` (the
+    run directory, if known) name the command to continue with after a failure. Rank 0 prints
+    to the console; the other ranks' output goes to log files that are kept only when
+    something fails. A failed worker becomes one MnistlabError naming its rank.
     """
     if nproc < 1:
         raise MnistlabError(f"--nproc must be at least 1, got {nproc}")
-    run = getattr(args, "resume", None) or getattr(args, "out", None) or "RUN"
-    verb = getattr(args, "verb", "train")
-    hint = f"the last complete checkpoint is intact: continue with `mnistlab {verb} --resume {run} --nproc {nproc}`"
-    return torchrun(nproc, ["-m", "mnistlab", *worker_argv(args)], resume_hint=hint,
-                    debug=bool(getattr(args, "debug", False) or getattr(args, "debug_verb", False)))
+    hint = (f"the last complete checkpoint is intact: continue with "
+            f"`mnistlab {verb} --resume {run or 'RUN'} --nproc {nproc}`")
+    return torchrun(nproc, ["-m", "mnistlab", *argv], resume_hint=hint, debug=debug)
 
 
 def torchrun(nproc: int, program: list[str], *, resume_hint: str = "", debug: bool = False) -> int:

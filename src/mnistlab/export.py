@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +28,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistlab.artifact import ModelCard, unwrap
-from mnistlab.errors import MnistlabError
+from mnistlab.artifact import ModelCard, load_artifact, unwrap
+from mnistlab.data.dataset import load_dataset
+from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.evaluate import predict_logits
-from mnistlab.predict import META_CARD, OnnxPredictor
 from mnistlab.fileio import atomic_write_bytes
+from mnistlab.predict import META_CARD, OnnxPredictor
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("logits", "probabilities")
 TORCHSCRIPT_CARD = "model.json"
 # int8 covers the weight-heavy ops; softmax and normalisation stay float, so probabilities sum to 1
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+FORMATS = ("onnx", "torchscript")
+MAX_FLOAT_DIFF = 1e-3  # largest logit difference accepted for a float export before failing
+RANDOM_CHECK_IMAGES = 1000  # random-pixel images for the parity check when the model's test set is unavailable
 
 
 class PixelClassifier(nn.Module):
@@ -53,6 +58,7 @@ class PixelClassifier(nn.Module):
         self.std = float(std)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and probabilities float32 [N, classes] for uint8 pixels [N, 1, S, S]."""
         x = (pixels.float() / 255.0 - self.mean) / self.std
         logits = self.model(x)
         return logits, F.softmax(logits, dim=1)
@@ -162,6 +168,7 @@ class Parity:
     accuracy_export: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The figures as a plain dict (for JSON reports)."""
         return asdict(self)
 
 
@@ -199,6 +206,7 @@ class _Calibration:
         self._batches = iter([{INPUT_NAME: pixels[i:i + batch]} for i in range(0, len(pixels), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch for the calibrator; None when all are used."""
         return next(self._batches, None)
 
 
@@ -223,3 +231,115 @@ def quantize_onnx(src: Path, out: Path, calibration: np.ndarray, card: ModelCard
         _set_metadata(proto, card)
         atomic_write_bytes(out, proto.SerializeToString())
     return out
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export: file format, int8 quantization, and the images for the parity check and calibration."""
+
+    fmt: str = "onnx"  # "onnx" or "torchscript"
+    int8: bool = False  # ONNX only: static int8, calibrated on training images
+    force: bool = False  # replace an existing file
+    check_images: int | None = None  # parity check on the first N test images; None: all
+    calibration_images: int = 1000  # training images that calibrate int8
+    data_dir: str | Path | None = None  # where to look first for the model's dataset
+
+
+@dataclass
+class ExportResult:
+    """What was written and how it compares with eager PyTorch."""
+
+    out: Path
+    fmt: str
+    int8: bool
+    arch: str
+    parity: Parity  # the float export
+    bytes: int
+    int8_parity: Parity | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as one JSON-ready object (out, format, int8, parity, int8_parity, bytes)."""
+        report: dict[str, Any] = {"out": str(self.out), "format": self.fmt, "int8": self.int8,
+                                  "parity": self.parity.to_dict()}
+        if self.int8_parity is not None:
+            report["int8_parity"] = self.int8_parity.to_dict()
+        report["bytes"] = self.bytes
+        return report
+
+    @property
+    def parity_ok(self) -> bool:
+        """Whether the float export matches eager PyTorch within :data:`MAX_FLOAT_DIFF`."""
+        return not self.parity.max_logit_diff > MAX_FLOAT_DIFF  # NaN fails too
+
+
+def parity_images(card: ModelCard, *, data_dir: str | Path | None = None, limit: int | None = None,
+                note: Callable[[str], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(uint8 pixels [N, 1, S, S], labels or None, description) for the parity check.
+
+    The model's own test set (its first ``limit`` images), or seeded random pixels when that
+    set is unavailable; ``note`` then hears why.
+    """
+    size = card.preprocess.size
+    try:
+        if not card.dataset:
+            raise DataError("the model card names no dataset")
+        data = load_dataset(card.dataset, "test", data_dir=data_dir, download=False, progress=False)
+        if data.images.shape[1:] != (card.preprocess.channels, size, size):
+            raise DataError(f"{card.dataset} images are {list(data.images.shape[1:])}")
+        n = len(data) if limit is None else min(limit, len(data))
+        labels = data.labels[:n] if data.classes == card.classes else None
+        return data.images[:n], labels, f"{card.dataset} test"
+    except DataError as err:
+        if note is not None:
+            note(f"parity checked on random pixels, not real images ({err})")
+        g = torch.Generator().manual_seed(0)
+        n = limit or RANDOM_CHECK_IMAGES
+        shape = (n, card.preprocess.channels, size, size)
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8), None, "random pixels"
+
+
+def calibration_images(card: ModelCard, count: int, *, data_dir: str | Path | None = None) -> np.ndarray:
+    """uint8 pixels [M, 1, S, S] from the training set (a seeded random sample of ``count``) for int8 calibration."""
+    if not card.dataset:
+        raise DataError("--int8 needs calibration images, but the model card names no dataset")
+    data = load_dataset(card.dataset, "train", data_dir=data_dir, progress=False)
+    g = torch.Generator().manual_seed(0)
+    index = torch.randperm(len(data), generator=g)[:count]
+    return data.images[index].numpy()
+
+
+def _check_target(out: Path, options: ExportOptions) -> None:
+    """Refuse what cannot be written: int8 outside ONNX, an existing file without force, a folder."""
+    if options.fmt not in FORMATS:
+        raise ConfigError(f"unknown export format '{options.fmt}'", hint=f"choose one of {', '.join(FORMATS)}")
+    if options.int8 and options.fmt != "onnx":
+        raise ConfigError("--int8 is for --format onnx", hint="drop --int8 or export to ONNX")
+    if out.exists() and not options.force:
+        raise ConfigError(f"'{out}' already exists", hint="choose another --out, or add --force to replace it")
+    if out.is_dir():
+        raise ConfigError(f"'{out}' is a folder", hint="give a file name such as model.onnx")
+
+
+def export_model(model: str | Path, out: Path, options: ExportOptions = ExportOptions(), *,
+                 note: Callable[[str], None] | None = None) -> ExportResult:
+    """Export a run directory or artifact to ``out`` and check the file against eager PyTorch.
+
+    With ``options.int8`` the ONNX file is then quantized in place and checked again.
+    ``note`` hears remarks such as a parity check falling back to random pixels.
+    """
+    out = Path(out)
+    _check_target(out, options)
+    net, card = load_artifact(model)
+    pixels, labels, source = parity_images(card, data_dir=options.data_dir, limit=options.check_images, note=note)
+    if options.fmt == "torchscript":
+        export_torchscript(net, card, out)
+    else:
+        export_onnx(net, card, out)
+    result = ExportResult(out=out, fmt=options.fmt, int8=options.int8, arch=card.arch, bytes=0,
+                          parity=check_parity(net, card, out, options.fmt, pixels, labels, source))
+    if options.int8:
+        calibration = calibration_images(card, options.calibration_images, data_dir=options.data_dir)
+        quantize_onnx(out, out, calibration, card)
+        result.int8_parity = check_parity(net, card, out, "onnx", pixels, labels, source)
+    result.bytes = out.stat().st_size
+    return result

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +11,7 @@ import torch
 
 from mnistlab.artifact import ModelCard, Preprocess, library_versions, save_artifact
 from mnistlab.config import Config, config_from_dict, load_yaml, save_config
-from mnistlab.data.dataset import ImageData, load_dataset, split_train_val
+from mnistlab.device import resolve_device, world
 from mnistlab.distributed import barrier, default_threads, init_distributed, on_main, peer_errors
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluate import (
@@ -27,19 +25,10 @@ from mnistlab.evaluate import (
 )
 from mnistlab.models import count_params, create_model
 from mnistlab.runs import new_run_dir, write_json
-from mnistlab.train import EpochCallback, FitResult, fit, resolve_device, world
+from mnistlab.splits import Splits, make_splits
+from mnistlab.train import EpochCallback, FitResult, fit
 
-DRY_RUN_TRAIN = 512  # images in the --dry-run slice
-DRY_RUN_EVAL = 256
 DRY_RUN_STEPS = 4  # optimizer steps per epoch under --dry-run
-SMALL_SET_VAL_FRACTION = 0.1  # validation share when the training set is too small for val_size images
-
-
-@dataclass
-class Splits:
-    train: ImageData
-    val: ImageData | None
-    test: ImageData | None
 
 
 @dataclass
@@ -63,74 +52,41 @@ class RunResult:
     fit: FitResult
 
 
-def load_splits(cfg: Config, *, dry_run: bool = False, progress: bool = True) -> Splits:
-    """Train / validation / test data as the config says (validation carved from train, seeded)."""
-    dc = cfg.data
-    train = load_dataset(dc.dataset, "train", data_dir=dc.data_dir, progress=progress)
-    val_size = dc.val_size
-    if val_size >= 1 and len(train) < 4 * val_size:
-        val_size = SMALL_SET_VAL_FRACTION
-    train, val = split_train_val(train, val_size, seed=cfg.seed) if val_size > 0 else (train, None)
-    if dc.train_limit is not None:
-        train = train.subset(torch.arange(min(dc.train_limit, len(train))))
-    test_spec = dc.test_dataset or dc.dataset
-    try:
-        test = load_dataset(test_spec, "test", data_dir=dc.data_dir, progress=progress)
-    except MnistlabError as err:
-        if dc.test_dataset is not None:
-            raise
-        print(f"warning: no test set ({err}); set data.test_dataset to evaluate on one", file=sys.stderr)
-        test = None
-    if test is not None and test.classes != train.classes:
-        raise MnistlabError(
-            f"test set '{test_spec}' has classes {test.classes[:5]}... but training data has {train.classes[:5]}...",
-            hint="use a test set with the same class folders",
-        )
-    if dry_run:
-        train = train.subset(torch.arange(min(DRY_RUN_TRAIN, len(train))))
-        val = val.subset(torch.arange(min(DRY_RUN_EVAL, len(val)))) if val is not None else None
-        test = test.subset(torch.arange(min(DRY_RUN_EVAL, len(test)))) if test is not None else None
-    return Splits(train, val if val is not None and len(val) else None, test)
-
-
 def build_from_registry(cfg: Config, splits: Splits) -> Built:
     """A fresh model from the registry, sized for the data's channels and classes."""
     channels = splits.train.images.shape[1]
     return Built(create_model(cfg.model.name, in_channels=channels, num_classes=len(splits.train.classes), **cfg.model.args))
 
 
-def run_training(
-    cfg: Config,
-    *,
-    out: str | Path | None = None,
-    resume_dir: Path | None = None,
-    quiet: bool = False,
-    dry_run: bool = False,
-    builder: ModelBuilder = build_from_registry,
-    prefix: str = "train",
-    epoch_callback: EpochCallback | None = None,
-    splits: Splits | None = None,
-    evaluate_test: bool = True,
-) -> RunResult:
+@dataclass(frozen=True)
+class RunPlan:
+    """What a command brings to a run besides its config: the model builder, the data, the folder name."""
+
+    builder: ModelBuilder = build_from_registry
+    splits: Splits | None = None  # None: make_splits(cfg); a test set of None is never evaluated
+    prefix: str = "train"  # a new run directory is runs/<prefix>-<time>
+
+
+def run_training(cfg: Config, *, out: str | Path | None = None, resume_dir: Path | None = None, quiet: bool = False,
+                 dry_run: bool = False, epoch_callback: EpochCallback | None = None,
+                 plan: RunPlan | None = None) -> RunResult:
     """Train per ``cfg`` into a new run directory (or continue ``resume_dir``) and evaluate on test.
 
-    ``splits`` replaces the data the config names (cross-validation folds);
-    ``evaluate_test=False`` never touches the test set (hyperparameter search).
+    ``plan`` carries what other commands bring: fine-tuning's builder, cross-validation's folds,
+    a search's data without a test set.
     """
+    plan = plan or RunPlan()
     torch.set_num_threads(cfg.train.threads or default_threads())
     device = init_distributed(resolve_device(cfg.device))  # joins torchrun's process group, if any
     rank, world_size = world()
     main = rank == 0
     torch.manual_seed(cfg.seed)
-    if splits is None:
-        splits = load_splits(cfg, dry_run=dry_run, progress=not quiet and main)
-    if not evaluate_test:
-        splits = Splits(splits.train, splits.val, None)
-    built = builder(cfg, splits)
+    splits = plan.splits if plan.splits is not None else make_splits(cfg, dry_run=dry_run, progress=not quiet and main)
+    built = plan.builder(cfg, splits)
     if resume_dir is not None:
         run_dir = Path(resume_dir)
     else:  # created once, by rank 0; every rank learns the path (a resume reads it on all ranks)
-        run_dir = on_main(lambda: new_run_dir(out, prefix=prefix))
+        run_dir = on_main(lambda: new_run_dir(out, prefix=plan.prefix))
     if main and resume_dir is None:
         save_config(cfg, run_dir / "config.yaml")
     if main and not quiet:
@@ -216,8 +172,3 @@ def resume_config(run_dir: Path) -> Config:
     if not path.is_file():
         raise MnistlabError(f"'{run_dir}' is not a run directory (no config.yaml)", hint="give the directory printed by `mnistlab train`")
     return config_from_dict(load_yaml(path))
-
-
-def seed_stats(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0

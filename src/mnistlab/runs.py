@@ -62,3 +62,40 @@ def new_run_dir(out: str | Path | None, *, prefix: str, root: Path = DEFAULT_RUN
         except FileExistsError:
             continue
     raise MnistlabError(f"could not create a run directory under '{root}'")
+
+
+def run_row(run_dir: Path) -> dict[str, Any]:
+    """One run's key figures: status (done, interrupted, empty), model, dataset, test accuracy, epochs, seconds, parent."""
+    d = Path(run_dir)
+    summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else {}
+    status = "done" if summary else ("interrupted" if (d / "checkpoint.pt").is_file() else "empty")
+    return {"run": str(d), "status": status, "model": summary.get("model"), "dataset": summary.get("dataset"),
+            "test_accuracy": summary.get("test_accuracy"), "epochs": summary.get("epochs"),
+            "train_seconds": summary.get("train_seconds"), "parent": run_parent(d)}
+
+
+def run_parent(run_dir: Path) -> str | None:
+    """The path of the model a fine-tuned run started from, as its model.json records it; None otherwise."""
+    meta = Path(run_dir) / "model.json"
+    if not meta.is_file():
+        return None
+    parent = read_json(meta).get("parent")
+    return parent.get("path") if isinstance(parent, dict) else None
+
+
+def list_runs(root: Path = DEFAULT_RUNS_ROOT) -> list[dict[str, Any]]:
+    """:func:`run_row` of every run directory (one holding config.yaml) under ``root``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    configs = sorted(root.rglob("config.yaml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [run_row(p.parent) for p in configs]
+
+
+def show_run(run_dir: Path) -> dict[str, Any]:
+    """:func:`run_row` of one run directory plus its whole summary.json (None before it finished)."""
+    d = Path(run_dir)
+    if not (d / "config.yaml").is_file():
+        raise MnistlabError(f"'{d}' is not a run directory (no config.yaml)")
+    summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else None
+    return {**run_row(d), "summary": summary}

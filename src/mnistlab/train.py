@@ -3,14 +3,12 @@
 Data is a uint8 tensor on the training device; a batch is an index slice of a
 seeded per-epoch permutation; augmentation is batched tensor math on the same
 device. Every random draw of an epoch is seeded from (seed, epoch), and the
-checkpoint written after each epoch holds everything else, so a resumed run
-ends with the same weights as an uninterrupted one.
+checkpoint written after each epoch holds everything else (:class:`TrainState`),
+so a resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 import time
 from collections.abc import Callable
@@ -23,44 +21,25 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mnistlab.artifact import unwrap
 from mnistlab.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.config import Config
+from mnistlab.config import Config, TrainConfig
 from mnistlab.data.augment import augment_batch
 from mnistlab.data.dataset import ImageData
+from mnistlab.device import world
 from mnistlab.distributed import average_grads
+from mnistlab.errors import ConfigError
 from mnistlab.evaluate import predict_logits
 from mnistlab.optim import Schedule, build_optimizer
 from mnistlab.runs import append_jsonl
+from mnistlab.train_state import EMA, Tracker, TrainState
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A distinct, reproducible seed for every (run seed, epoch)."""
-    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) when not distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @dataclass
 class FitResult:
+    """What :func:`fit` ends with."""
+
     model: torch.nn.Module  # the final weights (best / EMA as configured), unwrapped
     history: list[dict[str, Any]]
     train_seconds: float
@@ -70,55 +49,155 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class _Tracker:
-    """Best validation score so far, for early stopping and restoring the best weights."""
+def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: ImageData | None, *,
+        device: torch.device, run_dir: Path | None = None, resume: bool = False, quiet: bool = False,
+        param_groups: list[dict[str, Any]] | None = None, epoch_callback: EpochCallback | None = None,
+        max_steps: int | None = None) -> FitResult:
+    """Train ``model`` on ``train_data`` as ``cfg`` says; checkpoint into ``run_dir`` every epoch.
 
-    metric: str
-    best: float = -math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    state: dict[str, torch.Tensor] | None = None
-
-    def score(self, row: dict[str, Any]) -> float | None:
-        value = row.get(self.metric)
-        if value is None:
-            return None
-        return -value if self.metric == "val_loss" else value
-
-    def update(self, row: dict[str, Any], weights: torch.nn.Module) -> None:
-        s = self.score(row)
-        if s is None:
-            return
-        if s > self.best:
-            self.best, self.best_epoch, self.bad_epochs = s, row["epoch"], 0
-            self.state = {k: v.detach().clone() for k, v in weights.state_dict().items()}
-        else:
-            self.bad_epochs += 1
-
-
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    """Move the EMA weights toward the model's; buffers (BatchNorm statistics) are copied.
-
-    The decay is warmed up, ``min(decay, (1 + step) / (10 + step))``: early on the average follows
-    the model closely, so it never mixes the random initialisation with trained weights (which,
-    with the live model's BatchNorm statistics, predicts one class for thousands of steps).
+    ``param_groups`` overrides the optimizer's groups (fine-tuning: frozen layers,
+    discriminative learning rates). ``epoch_callback`` sees each epoch's metrics
+    row and may raise to stop (hyperparameter pruning). ``max_steps`` caps the
+    steps per epoch (``--dry-run``).
     """
-    decay = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        ema_p = [p for p in ema.parameters()]
-        model_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
-        for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
-            b_ema.copy_(b)
+    rank, world_size = world()
+    main, tc, n = rank == 0, cfg.train, len(train_data)
+    placed = place_model(model, tc, device, world_size)
+    batch, local_batch, steps = _batching(n, tc.batch_size, world_size, max_steps)
+    state = _new_state(cfg, placed.base, param_groups, steps)
+    loss_fn = _loss_fn(cfg, len(train_data.classes), device)
+    aug = cfg.data.augment
+    images, labels = train_data.images.to(device), train_data.labels.to(device)
+    mean, std = train_data.mean, train_data.std
+    if resume and run_dir is not None:
+        state.load_state_dict(load_checkpoint(run_dir, map_location=device))
+    log = _EpochLog(run_dir if main else None, tc.epochs, quiet or not main)
+    stopped_early = False
+    for epoch in range(state.epoch, tc.epochs):
+        if state.tracker.bad_epochs >= tc.early_stop_patience > 0:
+            stopped_early = True
+            break
+        perm, aug_gen = _epoch_draws(cfg.seed, epoch, rank, n, device)
+        placed.run.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=log.silent,
+                   leave=False, unit="step", dynamic_ncols=True)
+        for i in bar:
+            idx = perm[i * batch + rank * local_batch : i * batch + (rank + 1) * local_batch]
+            x = images[idx].float().div_(255)  # uint8 [B,C,H,W] -> float in [0, 1]
+            if aug.enabled:
+                x = augment_batch(x, aug, generator=aug_gen)
+            x = (x - mean) / std
+            if tc.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = labels[idx]
+            lr = state.schedule.set_step(state.step)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                logits = placed.run(x)
+            loss = loss_fn(logits, y)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            placed.average_late_grads()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.grad_clip)
+            state.optimizer.step()
+            if state.ema is not None:
+                state.ema.update(state.model, state.step)
+            state.step += 1
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            if not log.silent and (i % 20 == 0 or i == steps - 1):
+                _show_progress(bar, loss, correct, lr, i + 1, batch, local_batch, t0)
+        bar.close()
+        seconds = _end_of_epoch(loss_sum, correct, device, world_size, t0)
+        state.elapsed += seconds
+        row = _epoch_row(epoch + 1, loss_sum, correct, steps * batch, seconds, state.optimizer)
+        row.update(validate(state.weights, val_data, mean, std, tc, device))
+        state.end_epoch(row)
+        if main:
+            log.write(row)
+            if run_dir is not None:
+                save_checkpoint(run_dir, state.state_dict())
+        if epoch_callback is not None:
+            epoch_callback(row)
+    log.close()
+    history = state.history
+    return FitResult(state.final_weights(tc.restore_best), history, state.elapsed, len(history),
+                     state.tracker.best_epoch or len(history), stopped_early)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A distinct, reproducible seed for every (run seed, epoch)."""
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+def _epoch_draws(seed: int, epoch: int, rank: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Generator]:
+    """Seed the epoch's draws from (seed, epoch): the global generator, the permutation, the augmentation generator."""
+    seed = epoch_seed(seed, epoch)
+    noise = seed + 104_729 * rank  # ranks draw different dropout/augmentation; rank 0 draws what one process does
+    torch.manual_seed(noise)  # dropout and anything else drawing from the global generator
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+    return perm, torch.Generator(device=device).manual_seed(noise + 1)
+
+
+@dataclass
+class PlacedModel:
+    """A model ready to train on its device and among its processes."""
+
+    base: torch.nn.Module  # the weights: what the optimizer, EMA and checkpoint see
+    run: torch.nn.Module  # what a step calls: ``base``, wrapped in DDP and/or compiled
+    ddp_managed: set[int]  # ids of the parameters DDP averages
+    world_size: int
+
+    def average_late_grads(self) -> None:
+        """Average the gradients DDP does not: parameters unfrozen after wrapping (gradual unfreezing)."""
+        if self.world_size > 1:
+            average_grads([p.grad for p in self.base.parameters() if p.grad is not None and id(p) not in self.ddp_managed])
+
+
+def place_model(model: torch.nn.Module, tc: TrainConfig, device: torch.device, world_size: int) -> PlacedModel:
+    """Move ``model`` to ``device`` (channels last if asked); under several processes SyncBN and DDP; then compile."""
+    model = model.to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    base = model
+    if world_size > 1:
+        if tc.sync_batchnorm and device.type == "cuda" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in base.modules()):
+            base = torch.nn.SyncBatchNorm.convert_sync_batchnorm(base)
+        model = torch.nn.parallel.DistributedDataParallel(base, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp_managed = {id(p) for p in base.parameters() if p.requires_grad}
+    if tc.compile:
+        model = torch.compile(model)
+    return PlacedModel(base, model, ddp_managed, world_size)
+
+
+def _batching(n: int, batch_size: int, world_size: int, max_steps: int | None) -> tuple[int, int, int]:
+    """(global batch, batch per process, steps per epoch) for ``n`` training images."""
+    batch = min(batch_size, n)
+    if batch % world_size:
+        raise ConfigError(f"train.batch_size {batch} is not divisible by {world_size} processes",
+                          hint="choose a global batch size that is a multiple of the process count")
+    steps = n // batch  # the last incomplete batch of each epoch's permutation is dropped
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    return batch, batch // world_size, steps
+
+
+def _new_state(cfg: Config, base: torch.nn.Module, param_groups: list[dict[str, Any]] | None, steps: int) -> TrainState:
+    """A fresh run's state: EMA (DDP has already synced ``base`` across ranks), optimizer, schedule, tracker."""
+    ema = EMA(base, cfg.train.ema) if cfg.train.ema > 0 else None
+    groups = param_groups if param_groups is not None else [{"params": [p for p in base.parameters() if p.requires_grad]}]
+    optimizer = build_optimizer(groups, cfg.optim)
+    schedule = Schedule(optimizer, cfg.schedule, steps, cfg.train.epochs)
+    return TrainState(base, optimizer, schedule, ema, Tracker(cfg.train.early_stop_metric))
 
 
 def _loss_fn(cfg: Config, num_classes: int, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     weight = None
     if cfg.train.class_weights is not None:
         if len(cfg.train.class_weights) != num_classes:
-            from mnistlab.errors import ConfigError
-
             raise ConfigError(
                 f"train.class_weights has {len(cfg.train.class_weights)} entries but the data has {num_classes} classes",
                 hint="give one weight per class",
@@ -131,188 +210,76 @@ def _loss_fn(cfg: Config, num_classes: int, device: torch.device) -> Callable[[t
     return loss
 
 
-def fit(
-    cfg: Config,
-    model: torch.nn.Module,
-    train_data: ImageData,
-    val_data: ImageData | None,
-    *,
-    device: torch.device,
-    run_dir: Path | None = None,
-    resume: bool = False,
-    quiet: bool = False,
-    param_groups: list[dict[str, Any]] | None = None,
-    epoch_callback: EpochCallback | None = None,
-    max_steps: int | None = None,
-) -> FitResult:
-    """Train ``model`` on ``train_data`` as ``cfg`` says; checkpoint into ``run_dir`` every epoch.
+def _show_progress(bar: Any, loss: torch.Tensor, correct: torch.Tensor, lr: float, done: int, batch: int,
+                   local_batch: int, t0: float) -> None:
+    bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{correct.item() / (done * local_batch):.4f}",
+                    lr=f"{lr:.2e}", img_s=f"{done * batch / (time.perf_counter() - t0):.0f}")
 
-    ``param_groups`` overrides the optimizer's groups (fine-tuning: frozen layers,
-    discriminative learning rates). ``epoch_callback`` sees each epoch's metrics
-    row and may raise to stop (hyperparameter pruning). ``max_steps`` caps the
-    steps per epoch (``--dry-run``).
-    """
-    rank, world_size = world()
-    main = rank == 0
-    tc = cfg.train
-    model = model.to(device)
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    base = model
+
+def _end_of_epoch(loss_sum: torch.Tensor, correct: torch.Tensor, device: torch.device, world_size: int,
+                  t0: float) -> float:
+    """Sum the epoch's loss and hits over the processes; the epoch's seconds, once the device is done."""
     if world_size > 1:
-        if tc.sync_batchnorm and device.type == "cuda" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in base.modules()):
-            base = torch.nn.SyncBatchNorm.convert_sync_batchnorm(base)
-        model = torch.nn.parallel.DistributedDataParallel(base, device_ids=[device.index] if device.type == "cuda" else None)
-    ddp_managed = {id(p) for p in base.parameters() if p.requires_grad}  # the parameters DDP averages
-    if tc.compile:
-        model = torch.compile(model)
-    ema = copy.deepcopy(base).eval() if tc.ema > 0 else None
-    for p in ema.parameters() if ema is not None else []:
-        p.requires_grad_(False)
-
-    groups = param_groups if param_groups is not None else [{"params": [p for p in base.parameters() if p.requires_grad]}]
-    optimizer = build_optimizer(groups, cfg.optim)
-    n = len(train_data)
-    batch = min(tc.batch_size, n)
-    if batch % world_size:
-        from mnistlab.errors import ConfigError
-
-        raise ConfigError(f"train.batch_size {batch} is not divisible by {world_size} processes",
-                          hint="choose a global batch size that is a multiple of the process count")
-    local_batch = batch // world_size
-    steps = n // batch  # the last incomplete batch of each epoch's permutation is dropped
-    if max_steps is not None:
-        steps = min(steps, max_steps)
-    schedule = Schedule(optimizer, cfg.schedule, steps, tc.epochs)
-    loss_fn = _loss_fn(cfg, len(train_data.classes), device)
-    aug = cfg.data.augment
-    images = train_data.images.to(device)
-    labels = train_data.labels.to(device)
-    mean, std = train_data.mean, train_data.std
-    tracker = _Tracker(tc.early_stop_metric)
-    history: list[dict[str, Any]] = []
-    start_epoch, step, elapsed = 0, 0, 0.0
-
-    if resume and run_dir is not None:
-        state = load_checkpoint(run_dir, map_location=device)
-        base.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        start_epoch, step, elapsed = state["epoch"], state["step"], state["train_seconds"]
-        history = state["history"]
-        tracker.best, tracker.best_epoch, tracker.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
-        tracker.state = state.get("best_state")
-
-    writer = _tensorboard(run_dir) if (main and run_dir is not None) else None
-    stopped_early = False
-    for epoch in range(start_epoch, tc.epochs):
-        if tracker.bad_epochs >= tc.early_stop_patience > 0:
-            stopped_early = True
-            break
-        seed = epoch_seed(cfg.seed, epoch)
-        noise = seed + 104_729 * rank  # ranks draw different dropout/augmentation; rank 0 draws what one process does
-        torch.manual_seed(noise)  # dropout and anything else drawing from the global generator
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
-        aug_gen = torch.Generator(device=device).manual_seed(noise + 1)
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=quiet or not main,
-                   leave=False, unit="step", dynamic_ncols=True)
-        for i in bar:
-            idx = perm[i * batch + rank * local_batch : i * batch + (rank + 1) * local_batch]
-            x = images[idx].float().div_(255)  # uint8 [B,C,H,W] -> float in [0, 1]
-            if aug.enabled:
-                x = augment_batch(x, aug, generator=aug_gen)
-            x = (x - mean) / std
-            if tc.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[idx]
-            lr = schedule.set_step(step)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if world_size > 1:  # parameters unfrozen after wrapping (gradual unfreezing) are not DDP's to average
-                average_grads([p.grad for p in base.parameters() if p.grad is not None and id(p) not in ddp_managed])
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(base.parameters(), tc.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                _ema_update(ema, base, tc.ema, step)
-            step += 1
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            if not quiet and main and (i % 20 == 0 or i == steps - 1):
-                seen = (i + 1) * batch
-                bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{correct.item() / ((i + 1) * local_batch):.4f}",
-                                lr=f"{lr:.2e}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        if world_size > 1:
-            dist.all_reduce(loss_sum)
-            dist.all_reduce(correct)
-        if device.type == "cuda":  # kernels run asynchronously: the epoch ends when the GPU is done
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        elapsed += seconds
-        seen = max(1, steps * batch)
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum.item() / seen,
-            "train_acc": correct.item() / seen,
-            "val_loss": None,
-            "val_acc": None,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(seconds, 3),
-            "images_per_s": round(seen / max(seconds, 1e-9), 1),
-        }
-        weights = ema if ema is not None else base
-        if val_data is not None and len(val_data):
-            logits = predict_logits(weights, val_data.images, mean=mean, std=std, batch_size=tc.eval_batch_size,
-                                    device=device, bf16=tc.bf16, channels_last=tc.channels_last)
-            row["val_loss"] = F.cross_entropy(logits, val_data.labels).item()
-            row["val_acc"] = (logits.argmax(1) == val_data.labels).float().mean().item()
-        schedule.epoch_end(row["val_loss"])
-        tracker.update(row, weights)
-        history.append(row)
-        if main:
-            _log_epoch(row, tc.epochs, quiet)
-            if writer is not None:
-                for k, v in row.items():
-                    if isinstance(v, (int, float)) and k != "epoch":
-                        writer.add_scalar(k, v, epoch + 1)
-                writer.flush()
-            if run_dir is not None:
-                append_jsonl(run_dir / "metrics.jsonl", row)
-                save_checkpoint(run_dir, {
-                    "model": base.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None, "epoch": epoch + 1, "step": step,
-                    "train_seconds": elapsed, "history": history, "best": tracker.best, "best_epoch": tracker.best_epoch,
-                    "bad_epochs": tracker.bad_epochs, "best_state": tracker.state,
-                })
-        if epoch_callback is not None:
-            epoch_callback(row)
-    if writer is not None:
-        writer.close()
-
-    final = unwrap(ema if ema is not None else base)
-    if tc.restore_best and tracker.state is not None and tracker.best_epoch != len(history):
-        final.load_state_dict(tracker.state)
-    return FitResult(final, history, elapsed, len(history), tracker.best_epoch or len(history), stopped_early)
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(correct)
+    if device.type == "cuda":  # kernels run asynchronously: the epoch ends when the GPU is done
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
-def _log_epoch(row: dict[str, Any], epochs: int, quiet: bool) -> None:
-    if quiet:
-        return
-    val = "" if row["val_acc"] is None else f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}"
-    tqdm.write(
-        f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}{val}"
-        f"  lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
-    )
+def _epoch_row(epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, seconds: float,
+               optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    seen = max(1, seen)
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum.item() / seen,
+        "train_acc": correct.item() / seen,
+        "val_loss": None,
+        "val_acc": None,
+        "lr": optimizer.param_groups[0]["lr"],
+        "seconds": round(seconds, 3),
+        "images_per_s": round(seen / max(seconds, 1e-9), 1),
+    }
+
+
+def validate(weights: torch.nn.Module, val_data: ImageData | None, mean: float, std: float, tc: TrainConfig,
+             device: torch.device) -> dict[str, float]:
+    """``val_loss`` and ``val_acc`` of ``weights`` on ``val_data``; empty when there is no validation set."""
+    if val_data is None or not len(val_data):
+        return {}
+    logits = predict_logits(weights, val_data.images, mean=mean, std=std, batch_size=tc.eval_batch_size,
+                            device=device, bf16=tc.bf16, channels_last=tc.channels_last)
+    return {"val_loss": F.cross_entropy(logits, val_data.labels).item(),
+            "val_acc": (logits.argmax(1) == val_data.labels).float().mean().item()}
+
+
+class _EpochLog:
+    """Where rank 0 reports each epoch: the console, ``metrics.jsonl`` and tensorboard in the run directory."""
+
+    def __init__(self, run_dir: Path | None, epochs: int, silent: bool) -> None:
+        self.run_dir, self.epochs, self.silent = run_dir, epochs, silent
+        self.writer = _tensorboard(run_dir) if run_dir is not None else None
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Report one epoch's metrics row."""
+        if not self.silent:
+            val = "" if row["val_acc"] is None else f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}"
+            tqdm.write(
+                f"epoch {row['epoch']}/{self.epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}"
+                f"{val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
+            )
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.writer.add_scalar(k, v, row["epoch"])
+            self.writer.flush()
+        if self.run_dir is not None:
+            append_jsonl(self.run_dir / "metrics.jsonl", row)
+
+    def close(self) -> None:
+        """Flush and close tensorboard."""
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _tensorboard(run_dir: Path) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -57,6 +56,7 @@ Flags override the recipe: --dataset -> data.dataset, --strategy -> finetune.str
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `mnistlab finetune`."""
     p = sub.add_parser("finetune", help="fine-tune a pretrained model on new data", description=DESCRIPTION,
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="FROM", nargs="?", help="a run directory or a folder holding model.json + model.safetensors")
@@ -95,8 +95,9 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Fine-tune (or resume) as the arguments say; the exit status."""
     from mnistlab.errors import ConfigError
-    from mnistlab.finetune.finetune import finetune
+    from mnistlab.finetune.run import finetune
     from mnistlab.runner import resume_config
 
     if args.resume:
@@ -111,6 +112,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.source:
         raise ConfigError("no model to fine-tune from", hint="give a run directory or artifact: mnistlab finetune FROM ...")
     cfg = build_config(args)
-    # each seed resolves its own copy (shots and small-set settings are written into the config)
-    return run_seeds(args, cfg, lambda c, out: finetune(copy.deepcopy(c), out=out, quiet=args.quiet, dry_run=args.dry_run))
+    return run_seeds(args, cfg, lambda c, out: finetune(c, out=out, quiet=args.quiet, dry_run=args.dry_run))
 

@@ -42,6 +42,7 @@ every verb has --help with examples; add --debug to see a traceback on errors.""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `mnistlab` parser with every installed verb registered."""
     parser = argparse.ArgumentParser(
         prog="mnistlab",
         description="Develop, train, fine-tune, evaluate, export and serve image classifiers on MNIST and its family.",
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command in ``argv`` (default: this process's arguments); the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -100,6 +102,31 @@ def main(argv: list[str] | None = None) -> int:
 def add_common(p: argparse.ArgumentParser) -> None:
     """Options every verb accepts."""
     p.add_argument("--debug", dest="debug_verb", action="store_true", help="show a full traceback on errors")
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The mnistlab command line that produced ``args``, without ``--nproc``: what each worker runs."""
+    parser = build_parser()  # the CLI's own parser, so workers get the exact command
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    verb_parser = sub.choices[args.verb]
+    argv = ["--debug"] if getattr(args, "debug", False) else []
+    argv.append(args.verb)
+    positionals: list[str] = []
+    for action in verb_parser._actions:
+        if action.dest in ("help", "nproc") or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        if not action.option_strings:
+            positionals += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        elif value == action.default:
+            continue
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            argv.append(action.option_strings[0])
+        elif isinstance(value, list):
+            argv += [action.option_strings[0], *map(str, value)]
+        else:
+            argv += [action.option_strings[0], str(value)]
+    return argv + positionals
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `mnistlab models`."""
     p = sub.add_parser("models", help="list the registered models", description="List the registered models.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--args", metavar="NAME", help="show the arguments of one model")
@@ -22,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """List the registered models and their sizes."""
     from mnistlab.models import count_params, create_model, list_models, model_args
 
     if args.args:

@@ -21,6 +21,7 @@ when any failed."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `mnistlab predict`."""
     p = sub.add_parser("predict", help="classify images with a trained or exported model",
                        description="Classify image files and folders with a run directory, artifact or .onnx file.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Predict the class of each input image and print the results."""
     from mnistlab.errors import ConfigError
     from mnistlab.predict import load_predictor
 

@@ -16,6 +16,7 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `mnistlab runs`."""
     p = sub.add_parser("runs", help="list and inspect runs", description="List run directories with their key figures.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", nargs="?", default="list", choices=["list", "show"])
@@ -26,36 +27,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _row(d: Path) -> dict:
-    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {}
-    status = "done" if summary else ("interrupted" if (d / "checkpoint.pt").is_file() else "empty")
-    return {"run": str(d), "status": status, "model": summary.get("model"), "dataset": summary.get("dataset"),
-            "test_accuracy": summary.get("test_accuracy"), "epochs": summary.get("epochs"),
-            "train_seconds": summary.get("train_seconds"), "parent": _parent(d)}
-
-
-def _parent(d: Path) -> str | None:
-    meta = d / "model.json"
-    if not meta.is_file():
-        return None
-    parent = json.loads(meta.read_text()).get("parent")
-    return parent.get("path") if isinstance(parent, dict) else None
-
-
 def run(args: argparse.Namespace) -> int:
+    """List the runs under --root, or show one run's figures and summary."""
     from mnistlab.errors import MnistlabError
+    from mnistlab.runs import list_runs, show_run
 
     if args.action == "show":
         if not args.run:
             raise MnistlabError("`mnistlab runs show` needs a RUN directory")
-        d = Path(args.run)
-        if not (d / "config.yaml").is_file():
-            raise MnistlabError(f"'{d}' is not a run directory (no config.yaml)")
-        print(json.dumps({**_row(d), "summary": json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else None}, indent=2))
+        print(json.dumps(show_run(Path(args.run)), indent=2))
         return 0
     root = Path(args.root)
-    dirs = sorted((p for p in root.rglob("config.yaml")), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
-    rows = [_row(p.parent) for p in dirs]
+    rows = list_runs(root)
     if args.json:
         print(json.dumps(rows))
         return 0

@@ -19,6 +19,7 @@ GET /docs (OpenAPI). Concurrent requests are batched into shared forward passes.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `mnistlab serve`."""
     p = sub.add_parser("serve", help="serve a model over HTTP with a drawing page",
                        description="Serve a run directory, model artifact or .onnx file over HTTP.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve MODEL over HTTP until interrupted."""
     from mnistlab.errors import ConfigError
 
     try:

@@ -33,6 +33,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `mnistlab train`."""
     p = sub.add_parser("train", help="train a model from a recipe", description="Train a model from a YAML recipe with key=value overrides.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]", help="a recipe (path or shipped name) then overrides")
@@ -57,7 +58,8 @@ def split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 def run_seeds(args: argparse.Namespace, cfg, train_one) -> int:
     """Run ``train_one(cfg, out)`` for each seed; print mean and std when more than one."""
-    from mnistlab.runner import result_line, seed_stats
+    from mnistlab.runner import result_line
+    from mnistlab.seeds import summarize_runs
 
     if args.seeds < 1:
         from mnistlab.errors import ConfigError
@@ -77,24 +79,25 @@ def run_seeds(args: argparse.Namespace, cfg, train_one) -> int:
             if r.summary:
                 print(result_line(r.summary, r.run_dir))
     if len(summaries) > 1:
-        accs = [s["test_accuracy"] for s in summaries if s.get("test_accuracy") is not None]
-        secs = [s["train_seconds"] for s in summaries]
-        if accs:
-            m, sd = seed_stats(accs)
-            print(f"{len(accs)} seeds: test accuracy {m:.4f} ± {sd:.4f} (min {min(accs):.4f}, max {max(accs):.4f})")
-        m, sd = seed_stats(secs)
-        print(f"train seconds {m:.1f} ± {sd:.1f}")
+        stats = summarize_runs(summaries)
+        acc = stats.test_accuracy
+        if acc is not None:
+            print(f"{acc.n} seeds: test accuracy {acc.mean:.4f} ± {acc.std:.4f} (min {acc.min:.4f}, max {acc.max:.4f})")
+        print(f"train seconds {stats.train_seconds.mean:.1f} ± {stats.train_seconds.std:.1f}")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train one recipe (several seeds, or N processes with --nproc), or resume a run."""
     from mnistlab.config import load_config, resolve_recipe
     from mnistlab.runner import resume_config, run_training
 
     if args.nproc > 1:
+        from mnistlab.cli.main import worker_argv
         from mnistlab.distributed import launch_local
 
-        return launch_local(args.nproc, args)
+        return launch_local(args.nproc, worker_argv(args), verb=args.verb, run=args.resume or args.out,
+                            debug=bool(args.debug or args.debug_verb))
     if args.resume:
         if args.items:
             from mnistlab.errors import ConfigError

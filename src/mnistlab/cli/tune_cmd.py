@@ -30,6 +30,7 @@ best config trained once into <out>/best-<trial> and evaluated once on the test 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `mnistlab tune`."""
     p = sub.add_parser("tune", help="search hyperparameters (Optuna), resumable",
                        description="Search a recipe's hyperparameters on validation accuracy, then test the best once.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,13 +52,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run or resume the search the arguments describe; the exit status."""
     from mnistlab.cli.train_cmd import split_items
     from mnistlab.config import load_config, resolve_recipe
     from mnistlab.errors import ConfigError
 
     try:
         from mnistlab.search.space import default_space, load_space, resolve_space
-        from mnistlab.tune import TuneOptions, run_tune
+        from mnistlab.search.tune import TuneOptions, run_tune
     except ModuleNotFoundError as err:
         if err.name != "optuna":
             raise

@@ -1,7 +1,7 @@
 """Fine-tuning: adapt a pretrained model to new data, new classes or a person's own images.
 
 - ``strategies``: which weights train (full, head, partial, lora) and at which learning rate;
-- ``finetune``: the end-to-end run (``mnistlab finetune``), imported on use because it sits
+- ``run``: the end-to-end run (``mnistlab finetune``), imported on use because it sits
   on top of the training code.
 
 The LoRA adapters themselves are model components (``mnistlab.models.lora``): the artifact

@@ -1,1 +1,1 @@
-"""Hyperparameter search on Optuna: spaces, resumable studies and their reports (see mnistlab.tune)."""
+"""Hyperparameter search on Optuna: spaces, resumable studies and their reports (see mnistlab.search.tune)."""

@@ -32,7 +32,6 @@ from mnistlab.errors import ConfigError, MnistlabError
 KINDS = ("log_uniform", "uniform", "int", "categorical")
 SPACES_DIR = Path(__file__).resolve().parent.parent / "configs" / "spaces"
 GRID_LIMIT = 10_000  # more grid points than this is a mistake, not a search
-_RUNNER_KNOBS = ("in_channels", "num_classes")  # set by the runner from the data, never searched
 
 
 @dataclass(frozen=True)
@@ -253,9 +252,9 @@ def with_fixed(base: Config, space: SearchSpace) -> Config:
 
 
 def _check_model_args(cfg: Config, source: str, key: str) -> None:
-    from mnistlab.models import create_model, model_args
+    from mnistlab.models import create_model, model_args, recipe_args
 
-    knobs = [k for k in model_args(cfg.model.name) if k not in _RUNNER_KNOBS]
+    knobs = list(recipe_args(dict.fromkeys(model_args(cfg.model.name))))  # the data's arguments are never searched
     arg = key.removeprefix("model.args.")
     if "." in arg or arg not in knobs:
         raise ConfigError(f"{source}: model '{cfg.model.name}' has no argument '{arg}' (key '{key}')",

@@ -3,7 +3,7 @@
     parent = load_artifact(FROM)
     data   = the new dataset [K shots per class], normalised with the parent's mean and std
     model  = parent, head kept / replaced, strategy applied (full | head | partial | lora)
-    run    = run_training(..., prefix="finetune"): the same run directory, artifact and resume as `train`
+    run    = run_training(cfg, plan=RunPlan(prefix="finetune", ...)): run directory, artifact, resume as `train`
 
 Small training sets (fewer than ``finetune.small.below`` images) get settings that work
 without tuning: a held-out fraction for early stopping with best-weights restore, light
@@ -13,8 +13,7 @@ augmentation, a fixed number of steps (epochs computed from them) and a small ba
 from __future__ import annotations
 
 import math
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,10 @@ import torch
 from mnistlab.artifact import ModelCard, load_artifact, resolve_artifact
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.config import AugmentConfig, Config
-from mnistlab.data.dataset import ImageData, class_balanced_subset, load_dataset, split_train_val
+from mnistlab.data.dataset import ImageData, class_balanced_subset
+from mnistlab.device import resolve_device
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.evaluate import predict_logits
-from mnistlab.models.lora import apply_lora, merge_lora
 from mnistlab.finetune.strategies import (
     apply_depth,
     check_strategy,
@@ -36,16 +35,10 @@ from mnistlab.finetune.strategies import (
     trained_depth,
     unfrozen_depth,
 )
-from mnistlab.runner import (
-    DRY_RUN_EVAL,
-    DRY_RUN_TRAIN,
-    SMALL_SET_VAL_FRACTION,
-    Built,
-    RunResult,
-    Splits,
-    run_training,
-)
-from mnistlab.train import resolve_device
+from mnistlab.models import recipe_args
+from mnistlab.models.lora import apply_lora, merge_lora
+from mnistlab.runner import Built, RunPlan, RunResult, run_training
+from mnistlab.splits import Splits, dry_run_slice, load_pool, make_splits
 
 DRY_RUN_EPOCHS = 2  # --dry-run: at most this many (capped) epochs
 
@@ -70,31 +63,33 @@ def load_parent(path: str | Path) -> Parent:
     return Parent(model.train(), card, directory.resolve())
 
 
-def apply_small_set_defaults(cfg: Config, train: ImageData) -> bool:
-    """Set ``cfg`` up for a small training set (in place); return whether ``train`` counts as small.
+def with_small_set_defaults(cfg: Config, train: ImageData) -> tuple[Config, bool]:
+    """``cfg`` set up for a small training set (a new config) and whether ``train`` counts as small.
 
     Deterministic in (cfg, train), so a resumed run resolves to the same settings.
     """
     small = cfg.finetune.small
     if small.below <= 0 or len(train) >= small.below:
-        return False
+        return cfg, False
     counts = train.class_counts()
     fewest = int(counts[counts > 0].min()) if bool((counts > 0).any()) else 0
     hold_out = 0 < small.val_size < 1 and round(fewest * small.val_size) >= max(1, small.min_val_per_class)
-    cfg.data.val_size = small.val_size if hold_out else 0
-    cfg.train.batch_size = small.batch_size
-    if not any(vars(cfg.data.augment).values()):
-        cfg.data.augment = AugmentConfig(**vars(small.augment))
+    augment = cfg.data.augment if cfg.data.augment.enabled else AugmentConfig(**vars(small.augment))
+    data = replace(cfg.data, val_size=small.val_size if hold_out else 0, augment=augment)
+    train_cfg = replace(cfg.train, batch_size=small.batch_size)
     if hold_out and small.patience > 0:
-        cfg.train.early_stop_metric = small.early_stop_metric
-        cfg.train.restore_best = True
-    return True
+        train_cfg = replace(train_cfg, early_stop_metric=small.early_stop_metric, restore_best=True)
+    return replace(cfg, data=data, train=train_cfg), True
+
+
+def _check_steps(steps: int | None) -> None:
+    if steps is not None and steps < 1:
+        raise ConfigError(f"the number of fine-tuning steps must be at least 1, got {steps}", hint="e.g. finetune.steps=300")
 
 
 def _epochs_for_steps(steps: int, n_train: int, batch_size: int) -> int:
     """Epochs that give at least ``steps`` optimizer steps (the last partial batch is dropped)."""
-    if steps < 1:
-        raise ConfigError(f"the number of fine-tuning steps must be at least 1, got {steps}", hint="e.g. finetune.steps=300")
+    _check_steps(steps)
     per_epoch = max(1, n_train // max(1, min(batch_size, n_train)))
     return max(1, math.ceil(steps / per_epoch))
 
@@ -106,54 +101,34 @@ def _set_normalisation(data: ImageData | None, card: ModelCard) -> ImageData | N
     return data
 
 
-def prepare_splits(cfg: Config, card: ModelCard, *, dry_run: bool = False, progress: bool = True) -> tuple[Splits, bool]:
-    """Train/val/test for fine-tuning, with shots and small-set settings resolved into ``cfg``.
+def prepare_splits(cfg: Config, card: ModelCard, *, dry_run: bool = False,
+                   progress: bool = True) -> tuple[Config, Splits, bool]:
+    """Train/val/test for fine-tuning, and ``cfg`` with shots and small-set settings resolved (a new config).
 
-    Returns the splits and whether the small-set settings apply.
+    Returns the resolved config, the splits and whether the small-set settings apply.
     """
-    dc, ft = cfg.data, cfg.finetune
-    train = load_dataset(dc.dataset, "train", data_dir=dc.data_dir, progress=progress)
+    ft = cfg.finetune
+    pool = load_pool(cfg, progress=progress)
     expected = (card.preprocess.channels, card.preprocess.size, card.preprocess.size)
-    if tuple(train.images.shape[1:]) != expected:
-        raise DataError(f"{dc.dataset} has images of shape {tuple(train.images.shape[1:])} but the parent model "
+    if tuple(pool.images.shape[1:]) != expected:
+        raise DataError(f"{cfg.data.dataset} has images of shape {tuple(pool.images.shape[1:])} but the parent model "
                         f"takes {expected}", hint="fine-tune on data of the same size and channels")
     if ft.shots is not None:
-        train = class_balanced_subset(train, ft.shots, seed=cfg.seed)
-    small = apply_small_set_defaults(cfg, train)
-    val_size = dc.val_size
-    if val_size >= 1 and len(train) < 4 * val_size:
-        val_size = SMALL_SET_VAL_FRACTION
-    train, val = split_train_val(train, val_size, seed=cfg.seed) if val_size > 0 else (train, None)
-    if dc.train_limit is not None:
-        train = train.subset(torch.arange(min(dc.train_limit, len(train))))
+        pool = class_balanced_subset(pool, ft.shots, seed=cfg.seed)
+    cfg, small = with_small_set_defaults(cfg, pool)
     steps = ft.steps if ft.steps is not None else (ft.small.steps if small else None)
+    _check_steps(steps)
+    splits = make_splits(cfg, pool=pool, progress=progress)  # sliced below, after the epochs are known
+    train_cfg = cfg.train
     if steps is not None:
-        cfg.train.epochs = _epochs_for_steps(steps, len(train), cfg.train.batch_size)
-    if small and val is not None and len(val) and ft.small.patience > 0:
-        cfg.train.early_stop_patience = max(1, round(ft.small.patience * cfg.train.epochs))
-    test = _load_test(cfg, train, progress)
+        train_cfg = replace(train_cfg, epochs=_epochs_for_steps(steps, len(splits.train), train_cfg.batch_size))
+    if small and splits.val is not None and ft.small.patience > 0:
+        train_cfg = replace(train_cfg, early_stop_patience=max(1, round(ft.small.patience * train_cfg.epochs)))
     if dry_run:
-        cfg.train.epochs = min(cfg.train.epochs, DRY_RUN_EPOCHS)
-        train = train.subset(torch.arange(min(DRY_RUN_TRAIN, len(train))))
-        val = val.subset(torch.arange(min(DRY_RUN_EVAL, len(val)))) if val is not None else None
-        test = test.subset(torch.arange(min(DRY_RUN_EVAL, len(test)))) if test is not None else None
-    val = val if val is not None and len(val) else None
-    return Splits(*(_set_normalisation(d, card) for d in (train, val, test))), small
-
-
-def _load_test(cfg: Config, train: ImageData, progress: bool) -> ImageData | None:
-    spec = cfg.data.test_dataset or cfg.data.dataset
-    try:
-        test = load_dataset(spec, "test", data_dir=cfg.data.data_dir, progress=progress)
-    except MnistlabError as err:
-        if cfg.data.test_dataset is not None:
-            raise
-        print(f"warning: no test set ({err}); pass --test-dataset SPEC to evaluate on one", file=sys.stderr)
-        return None
-    if test.classes != train.classes:
-        raise DataError(f"test set '{spec}' has classes {test.classes[:5]}... but the training data has "
-                        f"{train.classes[:5]}...", hint="use a test set with the same class folders")
-    return test
+        train_cfg = replace(train_cfg, epochs=min(train_cfg.epochs, DRY_RUN_EPOCHS))
+        splits = dry_run_slice(splits)
+    splits = Splits(*(_set_normalisation(d, card) for d in (splits.train, splits.val, splits.test)))
+    return replace(cfg, train=train_cfg), splits, small
 
 
 def parent_accuracy(parent: Parent, test: ImageData | None, cfg: Config) -> float | None:
@@ -188,7 +163,7 @@ def adapt_head(model: torch.nn.Module, parent_classes: list[str], classes: list[
 
 
 class _Plan:
-    """The builder for `run_training` plus the per-epoch unfreezing that goes with it."""
+    """The model builder for `run_training` plus the per-epoch unfreezing that goes with it."""
 
     def __init__(self, parent: Parent, extra_summary: dict[str, Any], *, done_epochs: int, gradual: int) -> None:
         self.parent, self.extra_summary = parent, extra_summary
@@ -198,6 +173,7 @@ class _Plan:
         self.adapters = False
 
     def build(self, cfg: Config, splits: Splits) -> Built:
+        """The parent with its head adapted and the strategy applied (`run_training`'s model builder)."""
         ft = cfg.finetune
         model, card = self.parent.model, self.parent.card
         head = adapt_head(model, card.classes, splits.train.classes, ft.reset_head)
@@ -240,7 +216,10 @@ class _Plan:
 
 def finetune(cfg: Config, *, out: str | Path | None = None, resume_dir: str | Path | None = None, quiet: bool = False,
              dry_run: bool = False) -> RunResult:
-    """Fine-tune ``cfg.finetune.parent`` on ``cfg.data`` into a new run directory (or continue ``resume_dir``)."""
+    """Fine-tune ``cfg.finetune.parent`` on ``cfg.data`` into a new run directory (or continue ``resume_dir``).
+
+    ``cfg`` is left as it is; the run's config.yaml holds the resolved one (shots, small-set settings).
+    """
     ft = cfg.finetune
     check_strategy(ft.strategy)
     if ft.parent is None:
@@ -250,16 +229,15 @@ def finetune(cfg: Config, *, out: str | Path | None = None, resume_dir: str | Pa
     if ft.merge and ft.strategy != "lora":
         raise ConfigError("--merge folds LoRA adapters into the weights", hint="use it with --strategy lora")
     parent = load_parent(ft.parent)
-    cfg.model.name = parent.card.arch
-    cfg.model.args = {k: v for k, v in parent.card.arch_args.items() if k not in ("in_channels", "num_classes")}
-    splits, small = prepare_splits(cfg, parent.card, dry_run=dry_run, progress=not quiet)
+    cfg = replace(cfg, model=replace(cfg.model, name=parent.card.arch, args=recipe_args(parent.card.arch_args)))
+    cfg, splits, small = prepare_splits(cfg, parent.card, dry_run=dry_run, progress=not quiet)
     summary: dict[str, Any] = {"parent_test_accuracy": parent_accuracy(parent, splits.test, cfg), "small_data": small}
     done = int(load_checkpoint(Path(resume_dir))["epoch"]) if resume_dir is not None else 0
-    plan = _Plan(parent, summary, done_epochs=done,
-                 gradual=ft.gradual_unfreeze if ft.strategy in ("full", "partial") else 0)
+    unfreeze = _Plan(parent, summary, done_epochs=done,
+                     gradual=ft.gradual_unfreeze if ft.strategy in ("full", "partial") else 0)
     result = run_training(cfg, out=out, resume_dir=Path(resume_dir) if resume_dir is not None else None, quiet=quiet,
-                          dry_run=dry_run, builder=plan.build, prefix="finetune", splits=splits,
-                          epoch_callback=plan.epoch_done)
+                          dry_run=dry_run, epoch_callback=unfreeze.epoch_done,
+                          plan=RunPlan(builder=unfreeze.build, splits=splits, prefix="finetune"))
     if not quiet and result.summary and result.summary.get("parent_test_accuracy") is not None:
         s = result.summary
         print(f"parent on this test set {s['parent_test_accuracy']:.4f} -> fine-tuned {s['test_accuracy']:.4f}")

@@ -21,11 +21,12 @@ from optuna.trial import TrialState
 from mnistlab.checkpoint import CHECKPOINT
 from mnistlab.config import Config, config_to_dict
 from mnistlab.errors import ConfigError, MnistlabError
-from mnistlab.runner import Splits, load_splits, run_training
+from mnistlab.runner import RunPlan, run_training
 from mnistlab.runs import read_json, write_json
 from mnistlab.search import report
 from mnistlab.search import study as studies
 from mnistlab.search.space import SearchSpace, check_space, splits_vary, trial_config, with_fixed
+from mnistlab.splits import Splits, make_splits
 
 META = "tune.json"  # what ties an output directory to its study
 
@@ -92,7 +93,7 @@ def _objective(base: Config, space: SearchSpace, out: Path, shared: Splits | Non
                     raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
             result = run_training(cfg, out=out / "trials" / str(trial.number), quiet=True, epoch_callback=on_epoch,
-                                  splits=splits, evaluate_test=False)
+                                  plan=RunPlan(splits=splits))
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
@@ -106,11 +107,11 @@ def _objective(base: Config, space: SearchSpace, out: Path, shared: Splits | Non
 
 def _search_splits(cfg: Config) -> Splits:
     """Train and validation data for trials (the test split is not handed to them)."""
-    splits = load_splits(cfg, progress=False)
+    splits = make_splits(cfg, progress=False)  # loads the test set too, so a bad one fails before the search
     if splits.val is None:
         raise ConfigError("hyperparameter search needs a validation split, but data.val_size is 0",
                           hint="set data.val_size, e.g. data.val_size=5000")
-    return Splits(splits.train, splits.val, None)
+    return splits.without_test()
 
 
 def _progress(target: int, log: Callable[[str], None]) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -150,13 +151,8 @@ def _final_run(cfg: Config, out: Path, number: int, quiet: bool) -> dict[str, An
     raise MnistlabError(f"too many unfinished final runs in '{out}'", hint="remove the best-* folders without summary.json")
 
 
-def run_tune(base: Config, space: SearchSpace, opts: TuneOptions, *, log: Callable[[str], None] = print) -> TuneResult:
-    """Run (or resume) the search described by ``base``, ``space`` and ``opts``; see the module docstring."""
-    t0 = time.perf_counter()
-    if opts.sampler not in studies.SAMPLERS:
-        raise ConfigError(f"unknown sampler '{opts.sampler}'", hint=f"use one of {', '.join(studies.SAMPLERS)}")
-    check_space(base, space)
-    say = (lambda _: None) if opts.quiet else log
+def _target_trials(opts: TuneOptions, space: SearchSpace, say: Callable[[str], None]) -> int:
+    """The total of finished trials to reach: ``--trials``, at most the grid's size (its size by default)."""
     target = opts.trials
     if opts.sampler == "grid":
         size = space.grid_size()
@@ -165,6 +161,17 @@ def run_tune(base: Config, space: SearchSpace, opts: TuneOptions, *, log: Callab
         target = min(target or size, size)
     if target is None or target < 1:
         raise ConfigError("--trials must be a positive number of trials", hint="e.g. --trials 20")
+    return target
+
+
+def run_tune(base: Config, space: SearchSpace, opts: TuneOptions, *, log: Callable[[str], None] = print) -> TuneResult:
+    """Run (or resume) the search described by ``base``, ``space`` and ``opts``; see the module docstring."""
+    t0 = time.perf_counter()
+    if opts.sampler not in studies.SAMPLERS:
+        raise ConfigError(f"unknown sampler '{opts.sampler}'", hint=f"use one of {', '.join(studies.SAMPLERS)}")
+    check_space(base, space)
+    say = (lambda _: None) if opts.quiet else log
+    target = _target_trials(opts, space, say)
 
     stamp = studies.fingerprint(config_to_dict(base), space)
     url, name, existed = _attach_out(opts, stamp)

@@ -111,12 +111,8 @@ def model_info(predictor: Predictor) -> dict[str, Any]:
             "card": predictor.card}
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Load the model named by ``settings`` and build the app around it."""
-    predictor = load_predictor(settings.model, device=settings.device, threads=settings.threads)
-    batcher = MicroBatcher(lambda px: predictor.run(px)[1], max_batch=settings.max_batch,
-                           wait_s=settings.batch_wait_ms / 1000, in_thread=settings.batch_in_thread)
-    page = (STATIC / "index.html").read_text()
+def _lifespan(batcher: MicroBatcher) -> Callable[[FastAPI], Any]:
+    """Start-up and shut-down of a worker: freeze what start-up loaded, close the batcher at the end."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -128,7 +124,16 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         batcher.close()
 
-    app = FastAPI(title="mnistlab", version=__version__, lifespan=lifespan,
+    return lifespan
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Load the model named by ``settings`` and build the app around it."""
+    predictor = load_predictor(settings.model, device=settings.device, threads=settings.threads)
+    batcher = MicroBatcher(lambda px: predictor.run(px)[1], max_batch=settings.max_batch,
+                           wait_s=settings.batch_wait_ms / 1000, in_thread=settings.batch_in_thread)
+    page = (STATIC / "index.html").read_text()
+    app = FastAPI(title="mnistlab", version=__version__, lifespan=_lifespan(batcher),
                   description=f"Image classification with model '{predictor.name}' ({predictor.backend}). "
                               "Draw at / ; POST images to /predict.")
     app.state.settings, app.state.predictor, app.state.batcher = settings, predictor, batcher

@@ -65,7 +65,7 @@ def _pool(cfg: Config, progress: bool) -> ImageData:
     return make_splits(whole, pool=data, test=False, progress=progress).train
 
 
-def format_table(rows: list[dict[str, Any]], mean: float, std: float) -> str:
+def format_folds(rows: list[dict[str, Any]], mean: float, std: float) -> str:
     """Per-fold figures and the mean ± sample standard deviation, as aligned text."""
     lines = ["fold  train    val  val_acc  val_loss  epochs  seconds"]
     for r in rows:
@@ -111,7 +111,7 @@ def run_cv(cfg: Config, k: int, *, out: str | Path | None = None, quiet: bool = 
         "mean_val_accuracy": mean, "std_val_accuracy": std, "per_fold": rows,
         "fold_indices_sha": _digest(folds), "config": config_to_dict(cfg),
     })
-    table = format_table(rows, mean, std)
+    table = format_folds(rows, mean, std)
     atomic_write_text(run_dir / "cv.txt", table + "\n")
     if not quiet:
         print(table)

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mnistlab.cli.train_cmd import split_items
     from mnistlab.config import load_config, resolve_recipe
-    from mnistlab.cv import format_table, run_cv
+    from mnistlab.cv import format_folds, run_cv
 
     recipe, overrides = split_items(args.items)
     cfg = load_config(resolve_recipe(recipe), overrides)
@@ -49,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"out": str(result.out), "folds": args.folds, "mean_val_accuracy": result.mean,
                           "std_val_accuracy": result.std, "per_fold": result.folds}))
     elif args.quiet:
-        print(format_table(result.folds, result.mean, result.std))
+        print(format_folds(result.folds, result.mean, result.std))
     return 0

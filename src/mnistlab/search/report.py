@@ -60,7 +60,7 @@ def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def format_table(rows: list[dict[str, Any]], limit: int = 10) -> str:
+def format_trials(rows: list[dict[str, Any]], limit: int = 10) -> str:
     """The best ``limit`` trials by validation accuracy, as an aligned text table."""
     ranked = sorted((r for r in rows if r["val_acc"] is not None), key=lambda r: -r["val_acc"])[:limit]
     if not ranked:

@@ -226,7 +226,7 @@ def run_tune(base: Config, space: SearchSpace, opts: TuneOptions, *, log: Callab
         report.write_best_recipe(best_cfg, best, opts.out / "best.yaml", study=name)
         summary.update(best_trial=best.number, best_val_accuracy=best.value, best_params=best.params,
                        best_recipe=str(opts.out / "best.yaml"))
-        say(report.format_table(rows))
+        say(report.format_trials(rows))
         say(f"best trial {best.number}: val_acc {best.value:.4f} -> {opts.out / 'best.yaml'}")
         if opts.final and not interrupted:
             final = _final_run(best_cfg, opts.out, best.number, opts.quiet)

@@ -30,6 +30,7 @@ from torch import nn
 
 from mnistlab.artifact import ModelCard, load_artifact, unwrap
 from mnistlab.data.dataset import load_dataset
+from mnistlab.data.imagedata import normalize
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.evaluate import predict_logits
 from mnistlab.fileio import atomic_write_bytes
@@ -48,7 +49,7 @@ RANDOM_CHECK_IMAGES = 1000  # random-pixel images for the parity check when the 
 class PixelClassifier(nn.Module):
     """uint8 pixels [N, 1, S, S] -> (logits, probabilities) float32 [N, classes].
 
-    Normalises exactly as training does (``mnistlab.data.normalize``): x/255, minus mean, over std.
+    Normalises with the function training uses (``data.imagedata.normalize``): x/255, minus mean, over std.
     """
 
     def __init__(self, model: nn.Module, mean: float, std: float) -> None:
@@ -59,7 +60,7 @@ class PixelClassifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and probabilities float32 [N, classes] for uint8 pixels [N, 1, S, S]."""
-        x = (pixels.float() / 255.0 - self.mean) / self.std
+        x = normalize(pixels, self.mean, self.std)
         logits = self.model(x)
         return logits, F.softmax(logits, dim=1)
 

@@ -25,6 +25,7 @@ from mnistlab.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.config import Config, TrainConfig
 from mnistlab.data.augment import augment_batch
 from mnistlab.data.dataset import ImageData
+from mnistlab.data.imagedata import normalize
 from mnistlab.device import world
 from mnistlab.distributed import average_grads
 from mnistlab.errors import ConfigError
@@ -89,7 +90,7 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
             x = images[idx].float().div_(255)  # uint8 [B,C,H,W] -> float in [0, 1]
             if aug.enabled:
                 x = augment_batch(x, aug, generator=aug_gen)
-            x = (x - mean) / std
+            x = normalize(x, mean, std)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx]

@@ -26,7 +26,7 @@ from mnistlab import __version__
 from mnistlab.errors import MnistlabError
 from mnistlab.predict import Predictor, load_predictor, predictions_from_probs
 from mnistlab.serve.batcher import MicroBatcher
-from mnistlab.serve.payload import PayloadError, extract_images, read_body
+from mnistlab.serve.payload import PayloadError, bool_param, extract_images, int_param, read_body
 from mnistlab.serve.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
@@ -73,15 +73,7 @@ async def prepare(predictor: Predictor, name: str, data: bytes, max_pixels: int)
 def query_options(request: Request) -> tuple[int | None, bool]:
     """(top_k, preview) from the query string; invalid values are a 422 with a JSON error."""
     params = request.query_params
-    top_k = params.get("top_k")
-    if top_k is not None:
-        if not top_k.isdigit() or not 1 <= int(top_k) <= 1000:
-            raise PayloadError(422, f"top_k must be an integer from 1 to 1000, got {top_k!r}")
-        top_k = int(top_k)
-    preview = params.get("preview", "false").lower()
-    if preview not in ("true", "false", "1", "0", "yes", "no"):
-        raise PayloadError(422, f"preview must be true or false, got {preview!r}")
-    return top_k, preview in ("true", "1", "yes")
+    return int_param(params, "top_k", 1, 1000), bool_param(params, "preview")
 
 
 class FastPath:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from python_multipart.multipart import parse_options_header
@@ -26,6 +26,40 @@ class PayloadError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def int_param(params: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    """Query or form parameter ``name`` as an integer in [low, high]; None when absent; else a 422.
+
+    Only ASCII digits are read, and only as many as ``high`` has: ``str.isdigit`` accepts
+    superscripts that ``int()`` refuses, and ``int()`` refuses strings past Python's digit limit.
+    """
+    raw = params.get(name)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(high)) and low <= int(text) <= high):
+        raise PayloadError(422, f"{name} must be an integer from {low} to {high}, got {_shown(raw)}")
+    return int(text)
+
+
+def bool_param(params: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """Query or form parameter ``name`` as a flag (true/false, 1/0, yes/no, on/off); else a 422."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in TRUE + FALSE:
+        raise PayloadError(422, f"{name} must be true or false, got {_shown(raw)}")
+    return value in TRUE
+
+
+def _shown(raw: str, limit: int = 40) -> str:
+    """A client's value quoted for an error message, cut to ``limit`` characters."""
+    return repr(raw if len(raw) <= limit else raw[:limit] + "...")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

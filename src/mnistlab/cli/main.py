@@ -29,6 +29,7 @@ VERBS = [
     "tune_cmd",
     "cv_cmd",
     "runs_cmd",
+    "explain_cmd",
 ]
 
 EPILOG = """examples:

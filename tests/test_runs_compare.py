@@ -10,7 +10,7 @@ from PIL import Image
 
 from mnistlab.cli.main import main
 from mnistlab.errors import ConfigError
-from mnistlab.runs import compare_runs, config_diff, filter_runs, flatten, list_runs
+from mnistlab.runs import ABSENT, compare_runs, config_diff, filter_runs, flatten, list_runs
 
 TINY = ["train.batch_size=64", "data.val_size=100", "data.train_limit=300", "train.eval_batch_size=500",
         "train.threads=1"]
@@ -91,7 +91,7 @@ def test_config_diff_and_flatten():
     one = {"seed": 0, "optim": {"lr": 0.1, "betas": [0.9, 0.99]}, "model": {"args": {}}}
     two = {"seed": 0, "optim": {"lr": 0.2, "betas": [0.9, 0.99]}, "extra": 1, "model": {"args": {}}}
     assert flatten(one) == {"seed": 0, "optim.lr": 0.1, "optim.betas": [0.9, 0.99], "model.args": {}}
-    assert config_diff([one, two]) == {"optim.lr": [0.1, 0.2], "extra": [None, 1]}
+    assert config_diff([one, two]) == {"optim.lr": [0.1, 0.2], "extra": [ABSENT, 1]}
     assert config_diff([one, one]) == {}
 
 

@@ -137,12 +137,16 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+ABSENT = "(absent)"  # a setting a config does not hold (written by a version that did not have it)
+
+
 def config_diff(configs: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """The ``section.key`` settings whose values differ between resolved configs, each with one
-    value per config (None where a config lacks the key), in the first config's key order."""
+    value per config (:data:`ABSENT` where a config lacks the key), in the first config's key order."""
     flats = [flatten(c) for c in configs]
     keys = list(dict.fromkeys(k for f in flats for k in f))
-    return {k: [f.get(k) for f in flats] for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1}
+    rows = {k: [f.get(k, ABSENT) for f in flats] for k in keys}
+    return {k: v for k, v in rows.items() if len({json.dumps(x, sort_keys=True) for x in v}) > 1}
 
 
 @dataclass
@@ -198,7 +202,9 @@ def plot_comparison(comparison: Comparison, path: Path) -> None:
                     axes[row_, col].plot(x, values, style, marker="o", ms=3, color=colour,
                                          label=f"{label} {'validation' if split == 'val' else split}")
     for (r, c), ax in np.ndenumerate(np.array(axes, dtype=object)):
-        ax.set_xlabel("epoch" if r == 0 else "training seconds")
+        ax.set_xlabel("epoch" if r == 0 else "training seconds (cumulative)")
+        if r == 0:
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(("loss", "accuracy")[c])
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)

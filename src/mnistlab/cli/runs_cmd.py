@@ -79,7 +79,10 @@ def table(rows: list[dict]) -> str:
 
 def compare(args: argparse.Namespace) -> int:
     """Print the comparison of the RUN directories and write its learning-curve plot."""
-    from mnistlab.runs import compare_runs, plot_comparison
+    from mnistlab.runs import ABSENT, compare_runs, plot_comparison
+
+    def shown(value) -> str:
+        return "-" if value == ABSENT else json.dumps(value)
 
     comparison = compare_runs([Path(r) for r in args.run])
     plot_comparison(comparison, Path(args.plot))
@@ -91,9 +94,11 @@ def compare(args: argparse.Namespace) -> int:
     print("\nconfig differences" + ("" if comparison.config_diff else ": none"))
     if comparison.config_diff:
         width = max(len(k) for k in comparison.config_diff)
-        cols = [max(len(n), *(len(json.dumps(v[i])) for v in comparison.config_diff.values())) for i, n in enumerate(names)]
+        cols = [max(len(n), *(len(shown(v[i])) for v in comparison.config_diff.values())) for i, n in enumerate(names)]
         print(f"  {'setting':{width}s}  " + "  ".join(f"{n:>{c}s}" for n, c in zip(names, cols, strict=True)))
         for key, values in comparison.config_diff.items():
-            print(f"  {key:{width}s}  " + "  ".join(f"{json.dumps(v):>{c}s}" for v, c in zip(values, cols, strict=True)))
+            print(f"  {key:{width}s}  " + "  ".join(f"{shown(v):>{c}s}" for v, c in zip(values, cols, strict=True)))
+    if any(ABSENT in v for v in comparison.config_diff.values()):
+        print("  (- : the run's config has no such setting; it was written by an earlier version)")
     print(f"\nlearning curves: {args.plot}")
     return 0

@@ -20,6 +20,7 @@ from mnistlab.evaluate import (
     recipe_tta,
     report_from_logits,
 )
+from mnistlab.splits import eval_split
 
 SPLITS = ("test", "val", "train")
 SMALL_SET_VAL_FRACTION = 0.1  # validation share when the training set is too small for val_size images
@@ -48,6 +49,8 @@ def _saved_config(directory: Path) -> Config | None:
 def _split_data(name: str, spec: str, split: str, cfg: Config | None, data_dir: str | None,
                 progress: bool) -> ImageData:
     """The images of ``split``; "val" is the run's own seeded validation split, so it needs the run's config."""
+    if split == "all":  # a plain class-folder tree: every image in it
+        return load_dataset(spec, "train", data_dir=data_dir, progress=progress)
     if split != "val":
         return load_dataset(spec, split, data_dir=data_dir, progress=progress)
     if cfg is None:
@@ -82,6 +85,7 @@ def evaluate_run(model: str | Path, *, split: str = "test", dataset: str | None 
     saved = _saved_config(Path(directory))
     cfg = saved or Config()
     spec = dataset or (cfg.data.test_dataset if split == "test" and cfg.data.test_dataset else None) or card.dataset
+    split = eval_split(spec, split)
     data = _split_data(str(model), spec, split, saved, data_dir or cfg.data.data_dir, progress)
     _check_classes(data, card, spec)
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())

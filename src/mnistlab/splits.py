@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from mnistlab.config import Config
 from mnistlab.data.dataset import ImageData, load_dataset, split_train_val
+from mnistlab.data.folders import is_plain_tree
 from mnistlab.errors import DataError, MnistlabError
 
 DRY_RUN_TRAIN = 512  # images in the --dry-run slice
@@ -37,6 +39,14 @@ class Splits:
     def without_test(self) -> Splits:
         """The same train and validation data, with no test set (searches never look at it)."""
         return Splits(self.train, self.val, None)
+
+
+def eval_split(spec: str, split: str) -> str:
+    """The split an evaluation of ``spec`` reads: "all" for the test split of a plain class-folder tree
+    (``folder:PATH`` with no train/ and test/ inside), whose every image is evaluated; else ``split``."""
+    if split == "test" and spec.startswith("folder:") and is_plain_tree(Path(spec[len("folder:"):].strip()).expanduser()):
+        return "all"
+    return split
 
 
 def load_pool(cfg: Config, *, progress: bool = True) -> ImageData:

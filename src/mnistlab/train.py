@@ -83,7 +83,7 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=log.silent,
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=log.silent or not os.isatty(2),  # a log or pipe gets the epoch line only
                    leave=False, unit="step", dynamic_ncols=True)
         for i in bar:
             idx = perm[i * batch + rank * local_batch : i * batch + (rank + 1) * local_batch]

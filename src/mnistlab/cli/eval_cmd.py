@@ -12,7 +12,7 @@ EXAMPLES = """examples:
   mnistlab eval runs/train-20260101-120000          # its test set: accuracy, per-class report, confusion
   mnistlab eval runs/my-run --json                  # one JSON object: accuracy, loss, per_class, ...
   mnistlab eval runs/my-run --split val             # the run's own seeded validation split
-  mnistlab eval runs/my-run --dataset folder:scans/ --split train   # any labelled dataset spec
+  mnistlab eval runs/my-run --dataset folder:scans/   # every image of a plain tree of class folders
 """
 
 
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="a run directory or a folder holding model.json + model.safetensors")
     p.add_argument("--dataset", metavar="SPEC", help="dataset spec (default: the one the model was trained on)")
-    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="which split (default test)")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="which split (default test; a plain tree of class folders: all of it)")
     p.add_argument("--data-dir", metavar="DIR", help="where to look first for registered datasets")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -24,6 +24,7 @@ VERBS = [
     "eval_cmd",
     "finetune_cmd",
     "predict_cmd",
+    "read_cmd",
     "export_cmd",
     "serve_cmd",
     "tune_cmd",

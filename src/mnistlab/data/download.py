@@ -6,6 +6,7 @@ verified, so ``dest`` either does not exist or holds a good file.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import urllib.error
@@ -71,7 +72,7 @@ def download_file(url: str, dest: Path, *, md5: str | None, progress: bool = Tru
             expected = int(total) if total and total.isdigit() else None
             received = 0
             with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=dest.name, disable=not progress, leave=False) as bar:
+                      desc=dest.name, disable=not progress or not os.isatty(2), leave=False) as bar:  # no refresh lines in logs
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     received += len(chunk)

@@ -62,6 +62,11 @@ def _split_root(root: Path, split: str, spec: str) -> tuple[Path, list[str]]:
     return root, [d.name for d in _class_dirs(root)]
 
 
+def is_plain_tree(root: Path) -> bool:
+    """True for a folder of class sub-folders with no train/ or test/ split inside: one set of images."""
+    return root.is_dir() and not (root / "train").is_dir() and not (root / "test").is_dir()
+
+
 def load_folder(root: Path, split: str, *, spec: str) -> ImageData:
     """Load the ``split`` of an image-folder dataset; see the module docstring for layouts.
 

@@ -223,6 +223,13 @@ def _shift_to_centre(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.nd
     return out
 
 
+def gray_of(img: Image.Image) -> np.ndarray:
+    """Any image as grayscale float32 [H, W] on a 0..255 scale, translucency flattened onto a
+    backdrop that contrasts with its ink."""
+    gray, alpha = _gray_and_alpha(img)
+    return _flatten_alpha(gray, alpha) if alpha is not None else gray
+
+
 def preprocess_image(img: Image.Image, *, size: int = 28) -> np.ndarray:
     """Turn any image into an MNIST-style uint8 array [size, size]: 0 background, 255 ink.
 
@@ -230,9 +237,7 @@ def preprocess_image(img: Image.Image, *, size: int = 28) -> np.ndarray:
     light paper, light ink on dark). An image with no ink gives all zeros. An image that is
     already MNIST style comes back nearly unchanged.
     """
-    gray, alpha = _gray_and_alpha(img)
-    if alpha is not None:
-        gray = _flatten_alpha(gray, alpha)
+    gray = gray_of(img)
     longer = max(gray.shape)
     if longer > 2 * _WORK_SIDE:
         gray = _block_mean(gray, longer // _WORK_SIDE)
@@ -291,6 +296,6 @@ def is_image_file(path: Path) -> bool:
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "ImageError", "image_to_array", "images_to_tensor", "is_image_file",
+    "IMAGE_EXTENSIONS", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "ImageError", "gray_of", "image_to_array", "images_to_tensor", "is_image_file",
     "load_image", "preprocess_image",
 ]

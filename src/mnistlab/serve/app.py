@@ -27,6 +27,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.predict import Predictor, load_predictor, predictions_from_probs
 from mnistlab.serve.batcher import MicroBatcher
 from mnistlab.serve.payload import PayloadError, bool_param, extract_images, int_param, read_body
+from mnistlab.serve.reading import add_read_route
 from mnistlab.serve.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
@@ -167,6 +168,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(result)
 
     app.post("/predict", openapi_extra={**PREDICT_BODY, "parameters": [TOP_K, PREVIEW]})(predict_one)
+    add_read_route(app, predictor, settings, PREDICT_BODY)  # POST /read: a string of characters
     app.add_middleware(FastPath, path="/predict", handler=predict_one)
 
     @app.post("/predict/batch", openapi_extra={**BATCH_BODY, "parameters": [TOP_K]})

@@ -21,7 +21,7 @@ DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("mnistlab.cli", "mnistlab.__main__")),
     ("serve", ("mnistlab.serve",)),
-    ("predict", ("mnistlab.predict", "mnistlab.export", "mnistlab.read")),
+    ("predict", ("mnistlab.predict", "mnistlab.export", "mnistlab.read", "mnistlab.export_mobile")),
     ("orchestration", ("mnistlab.runner", "mnistlab.splits", "mnistlab.finetune", "mnistlab.search",
                        "mnistlab.cv", "mnistlab.seeds", "mnistlab.assess")),
     ("training", ("mnistlab.train", "mnistlab.train_state", "mnistlab.evaluate", "mnistlab.checkpoint",

@@ -1,4 +1,4 @@
-"""`mnistlab export`: write a model as ONNX or TorchScript and check it against eager PyTorch."""
+"""`mnistlab export`: write a model as ONNX, TorchScript, ORT or ExecuTorch and check it against eager PyTorch."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ EXAMPLES = """examples:
   mnistlab export runs/train-20260101-120000 --format onnx --out model.onnx
   mnistlab export runs/my-run --format onnx --int8 --out model-int8.onnx   # static int8, accuracy change reported
   mnistlab export runs/my-run --format torchscript --out model.pt
+  mnistlab export runs/my-run --format ort --out model.ort               # ONNX Runtime Mobile (phones)
+  mnistlab export runs/my-run --format ort --int8 --out model-int8.ort
+  mnistlab export runs/my-run --format executorch --out model.pte       # ExecuTorch, XNNPACK backend
   mnistlab predict model.onnx digits/        # predict and serve take the .onnx file directly
 
 the graph takes `pixels`: uint8 [N, 1, 28, 28] (MNIST-style preprocessed, 0 background, 255 ink)
@@ -27,9 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Export a run directory or artifact to ONNX or TorchScript, with a parity check.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="a run directory or a folder with model.json + model.safetensors")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"], help="file format (default onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "ort", "executorch"],
+                   help="file format (default onnx); ort and executorch are for phones")
     p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
-    p.add_argument("--int8", action="store_true", help="ONNX only: quantize to int8, calibrated on training images")
+    p.add_argument("--int8", action="store_true", help="ONNX and ORT: quantize to int8, calibrated on training images")
     p.add_argument("--force", action="store_true", help="replace PATH if it exists")
     p.add_argument("--check-images", type=int, default=None, metavar="N",
                    help="parity check on the first N test images (default: all)")
@@ -44,11 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export MODEL to --out, print the parity report; exit 1 when the float graph differs from eager."""
     from mnistlab.export import MAX_FLOAT_DIFF, ExportOptions, export_model
+    from mnistlab.export_mobile import MOBILE_FORMATS, export_mobile
 
     options = ExportOptions(fmt=args.format, int8=args.int8, force=args.force, check_images=args.check_images,
                             calibration_images=args.calibration_images, data_dir=args.data_dir)
-    result = export_model(args.model, Path(args.out), options,
-                          note=lambda text: print(f"note: {text}", file=sys.stderr))
+    export = export_mobile if args.format in MOBILE_FORMATS else export_model
+    result = export(args.model, Path(args.out), options, note=lambda text: print(f"note: {text}", file=sys.stderr))
     report = result.to_dict()
     if args.json:
         print(json.dumps(report))
@@ -65,8 +70,9 @@ def print_report(report: dict, arch: str) -> None:
     """The export report as a few readable lines."""
     p = report["parity"]
     kb = report["bytes"] / 1024
+    batch = "1" if report["format"] == "executorch" else "N"  # a .pte takes one image per call
     print(f"wrote {report['out']} ({report['format']}{', int8' if report['int8'] else ''}, {kb:,.0f} KB, {arch}; "
-          "input pixels uint8 [N, 1, 28, 28], outputs logits and probabilities)")
+          f"input pixels uint8 [{batch}, 1, 28, 28], outputs logits and probabilities)")
     print(f"parity with eager PyTorch on {p['images']:,} {p['source']} images: identical predictions "
           f"{p['same_predictions']:.2%}, largest logit difference {p['max_logit_diff']:.2g}")
     if p["accuracy_eager"] is not None:

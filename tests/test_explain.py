@@ -134,3 +134,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--target 'x' is not a class" in capsys.readouterr().err
     assert main(["explain", str(linear), str(tmp_path / "seven.png"), "--target", "7", "--out", str(tmp_path / "o")]) == 0
     assert main(["explain", "model.onnx", str(tmp_path / "seven.png"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_eval_plots_write_the_top_losses_with_their_explanations(synthetic_data, tmp_path):
+    from mnistlab.assess import evaluate_run
+
+    artifact = make_artifact(tmp_path / "art", arch="lenet5")  # untrained: plenty of mistakes to explain
+    evaluate_run(artifact, plots=tmp_path / "plots", progress=False)
+    sheet = tmp_path / "plots" / "top_losses_explained.png"
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(sheet) as img:
+        assert img.height > 500  # 16 mistakes: four rows of image and map pairs

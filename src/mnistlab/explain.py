@@ -182,7 +182,7 @@ def _alpha(heat: np.ndarray) -> np.ndarray:
 
 
 def _overlay(ax: Any, gray: np.ndarray, heat: np.ndarray) -> None:
-    ax.imshow(gray, cmap="gray")
+    ax.imshow(gray, cmap="gray", vmin=0, vmax=max(1.0, 2.5 * float(gray.max())))  # dimmed, so the colours show
     ax.imshow(heat, cmap="jet", alpha=_alpha(heat), vmin=0, vmax=1, interpolation="bilinear")
     ax.axis("off")
 
@@ -319,3 +319,20 @@ def explain_images(model: nn.Module, *, mean: float, std: float, classes: list[s
                         "top": [{"class": c, "probability": p} for c, p in top[i]]})
     plot_grid(result, [Path(n).name for n in names], classes, out / f"grid.{method}.png", target=target)
     return records
+
+
+def explain_top_losses(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                       classes: list[str], path: Path, *, mean: float, std: float, n: int = 16,
+                       method: str = "integrated-gradients") -> bool:
+    """Write the "top losses with their explanations" sheet for uint8 images [N, 1, S, S] and their
+    logits; False (nothing written) when Captum is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("captum") is None:
+        return False
+    losses = F.cross_entropy(logits.float(), labels.long(), reduction="none")
+    wrong = (logits.argmax(1) != labels).nonzero().flatten()
+    order = wrong[losses[wrong].argsort(descending=True)][:n]  # the most confidently wrong first
+    result = explain(model, images[order], mean=mean, std=std, method=method)
+    plot_explained_losses(result, labels[order].numpy(), classes, path)
+    return True

@@ -26,6 +26,7 @@ from mnistlab import __version__
 from mnistlab.errors import MnistlabError
 from mnistlab.predict import Predictor, load_predictor, predictions_from_probs
 from mnistlab.serve.batcher import MicroBatcher
+from mnistlab.serve.explaining import add_explain_route
 from mnistlab.serve.payload import PayloadError, bool_param, extract_images, int_param, read_body
 from mnistlab.serve.reading import add_read_route
 from mnistlab.serve.settings import Settings
@@ -169,6 +170,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.post("/predict", openapi_extra={**PREDICT_BODY, "parameters": [TOP_K, PREVIEW]})(predict_one)
     add_read_route(app, predictor, settings, PREDICT_BODY)  # POST /read: a string of characters
+    add_explain_route(app, predictor, settings, PREDICT_BODY, prepare)  # POST /explain: the heat map over the digit
     app.add_middleware(FastPath, path="/predict", handler=predict_one)
 
     @app.post("/predict/batch", openapi_extra={**BATCH_BODY, "parameters": [TOP_K]})

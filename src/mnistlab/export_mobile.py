@@ -4,8 +4,8 @@ Both take the same graph as ``mnistlab export --format onnx`` (``export.PixelCla
 uint8 ``pixels`` [N, 1, S, S] in, ``logits`` and ``probabilities`` float32 [N, classes] out,
 normalisation inside. An ``.ort`` file is the ONNX graph after ONNX Runtime's basic
 (hardware-independent) optimisations, serialised in the flatbuffer format that ONNX Runtime
-Mobile loads without an ONNX parser; the model card stays in its metadata, so ``mnistlab
-predict`` and ``serve`` read it like an ``.onnx``. With int8 the ONNX graph is first quantized
+Mobile loads without an ONNX parser; the model card stays in its metadata (``mnistlab.card``,
+as in an ``.onnx``), and desktop ONNX Runtime opens it the same way. With int8 the ONNX graph is first quantized
 statically (``export.quantize_onnx``, calibrated on training images), then converted. Every
 file is checked against eager PyTorch on the model's test set, as ``export`` does.
 """
@@ -68,9 +68,11 @@ def export_ort(net: torch.nn.Module, card: ModelCard, out: Path, *, int8: bool =
 
 def executorch_available() -> str | None:
     """None when ExecuTorch with its XNNPACK backend imports; otherwise why not."""
-    torchao_log = logging.getLogger("torchao")
-    level = torchao_log.level
-    torchao_log.setLevel(logging.ERROR)  # torchao says it cannot load its CUDA kernels: true, and beside the point
+    # torchao says it cannot load its CUDA kernels, torch that an enum it registers needs no registering: true, and beside the point
+    logs = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -80,7 +82,8 @@ def executorch_available() -> str | None:
     except Exception as err:  # ImportError, or a native library built against another torch
         return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
     finally:
-        torchao_log.setLevel(level)
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
     return None
 
 

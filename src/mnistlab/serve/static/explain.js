@@ -34,8 +34,8 @@
     let hot = 0;
     for (let y = 0; y < h; y++) {
       for (let x = 0; x < w; x++) {
-        const t = data.heat[y][x], v = 0.4 * data.pixels[y][x];
-        const a = t > 0.02 ? 0.3 + 0.6 * t : 0;
+        const t = Math.sqrt(data.heat[y][x]), v = 0.4 * data.pixels[y][x]; // sqrt: faint evidence still shows
+        const a = t > 0.1 ? 0.55 + 0.45 * t : 0;
         const [r, g, b] = colour(t);
         const i = 4 * (y * w + x);
         img.data[i] = (1 - a) * v + a * r;

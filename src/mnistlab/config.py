@@ -9,6 +9,7 @@ type is a :class:`ConfigError` that names the valid keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None = number of cores
     tta: bool = False  # test-time augmentation at evaluation: small shifts, and mirror images if augment.hflip > 0
     sync_batchnorm: bool = True  # under data-parallel training
+    checkpoint_every_steps: int = 0  # also checkpoint within an epoch every N optimizer steps; 0 = only at epoch ends
+    checkpoint_every_seconds: float = 60.0  # ... and once this many seconds passed since the last one; 0 = off
 
 
 def _small_set_augment() -> AugmentConfig:
@@ -234,7 +237,74 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a checked :class:`Config` from a (possibly partial) nested mapping."""
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a YAML mapping of sections (data, model, optim, ...)")
-    return _from_dict(Config, data)
+    cfg = _from_dict(Config, data)
+    validate_config(cfg)
+    return cfg
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: [low, high], either end open."""
+
+    low: float = 0.0
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        above = v > self.low if self.low_open else v >= self.low
+        below = v < self.high if self.high_open else v <= self.high
+        return math.isfinite(v) and above and below
+
+    def describe(self) -> str:
+        if self.high == math.inf:
+            if self.low == 0:
+                return "positive" if self.low_open else "zero or more"
+            return f"{'more than' if self.low_open else 'at least'} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE, PROBABILITY, FRACTION = Range(low_open=True), Range(0, 1), Range(0, 1, high_open=True)
+# Settings whose range is not "zero or more", by class and field (a class appears in several sections:
+# data.augment and finetune.small.augment are both AugmentConfig). Every other int or float field,
+# including fields added later, must be finite and zero or more.
+RANGES: dict[str, Range] = {
+    "Config.seed": Range(0, 2**32 - 1),
+    "AugmentConfig.rotate": Range(0, 180), "AugmentConfig.translate": PROBABILITY,
+    "AugmentConfig.scale": FRACTION, "AugmentConfig.shear": Range(0, 90, high_open=True),
+    "AugmentConfig.elastic_sigma": POSITIVE, "AugmentConfig.erase": PROBABILITY, "AugmentConfig.hflip": PROBABILITY,
+    "AugmentConfig.speckle": PROBABILITY, "AugmentConfig.paper": PROBABILITY, "AugmentConfig.fade": PROBABILITY,
+    "AugmentConfig.shading": PROBABILITY, "AugmentConfig.lines": PROBABILITY, "AugmentConfig.scan_prob": PROBABILITY,
+    "DataConfig.train_limit": Range(1),
+    "OptimConfig.lr": POSITIVE, "OptimConfig.momentum": FRACTION, "OptimConfig.betas": FRACTION,
+    "ScheduleConfig.min_lr": PROBABILITY, "ScheduleConfig.step_epochs": Range(1), "ScheduleConfig.gamma": POSITIVE,
+    "TrainConfig.epochs": Range(1), "TrainConfig.batch_size": Range(1), "TrainConfig.eval_batch_size": Range(1),
+    "TrainConfig.label_smoothing": FRACTION, "TrainConfig.grad_clip": POSITIVE, "TrainConfig.ema": FRACTION,
+    "TrainConfig.threads": Range(1),
+    "SmallDataConfig.steps": Range(1), "SmallDataConfig.batch_size": Range(1), "SmallDataConfig.val_size": FRACTION,
+    "SmallDataConfig.patience": PROBABILITY,
+    "FinetuneConfig.shots": Range(1), "FinetuneConfig.layer_lr_decay": POSITIVE, "FinetuneConfig.lora_rank": Range(1),
+    "FinetuneConfig.lora_alpha": POSITIVE, "FinetuneConfig.steps": Range(1),
+}
+
+
+def validate_config(cfg: Any, prefix: str = "") -> None:
+    """Check every numeric setting against its range (:data:`RANGES`); a ConfigError names the first one out."""
+    for f in dataclasses.fields(cfg):
+        key, value = prefix + f.name, getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate_config(value, key + ".")
+            continue
+        allowed = RANGES.get(f"{type(cfg).__name__}.{f.name}", Range())
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v not in allowed:
+                where = f"{key}[{i}]" if isinstance(value, list) else key
+                raise ConfigError(f"{where} must be {allowed.describe()}, got {v!r}", hint=f"fix the value of {where}")
+    if isinstance(cfg, OptimConfig) and len(cfg.betas) != 2:
+        raise ConfigError(f"{prefix}betas must be two numbers, got {cfg.betas!r}", hint=f"write e.g. {prefix}betas=[0.9,0.999]")
+    if isinstance(cfg, DataConfig) and cfg.val_size >= 1 and not float(cfg.val_size).is_integer():
+        raise ConfigError(f"{prefix}val_size must be a whole number of images (>= 1) or a fraction below 1, "
+                          f"got {cfg.val_size!r}", hint=f"fix the value of {prefix}val_size")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

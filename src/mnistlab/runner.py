@@ -10,10 +10,12 @@ from typing import Any
 import torch
 
 from mnistlab.artifact import ModelCard, Preprocess, library_versions, save_artifact
-from mnistlab.config import Config, config_from_dict, load_yaml, save_config
+from mnistlab.checkpoint import has_checkpoint
+from mnistlab.config import Config, config_from_dict, load_yaml, save_config, validate_config
+from mnistlab.data.registry import DATASETS
 from mnistlab.device import resolve_device, world
 from mnistlab.distributed import barrier, default_threads, init_distributed, on_main, peer_errors
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.evaluate import (
     format_report,
     plot_confusion,
@@ -24,7 +26,7 @@ from mnistlab.evaluate import (
     report_from_logits,
 )
 from mnistlab.models import count_params, create_model
-from mnistlab.runs import new_run_dir, write_json
+from mnistlab.runs import new_run_dir, read_json, write_json
 from mnistlab.splits import Splits, make_splits
 from mnistlab.train import EpochCallback, FitResult, fit
 
@@ -76,6 +78,7 @@ def run_training(cfg: Config, *, out: str | Path | None = None, resume_dir: Path
     a search's data without a test set.
     """
     plan = plan or RunPlan()
+    check_settings(cfg)  # before any work: a nonsense setting costs nothing
     torch.set_num_threads(cfg.train.threads or default_threads())
     device = init_distributed(resolve_device(cfg.device))  # joins torchrun's process group, if any
     rank, world_size = world()
@@ -89,6 +92,8 @@ def run_training(cfg: Config, *, out: str | Path | None = None, resume_dir: Path
         run_dir = on_main(lambda: new_run_dir(out, prefix=plan.prefix))
     if main and resume_dir is None:
         save_config(cfg, run_dir / "config.yaml")
+    if main and not quiet and resume_dir is not None and not has_checkpoint(run_dir):
+        print(f"{run_dir} was stopped before its first checkpoint: training from the first step")
     if main and not quiet:
         print(f"run {run_dir}: {cfg.model.name} ({count_params(built.model):,} params) on {cfg.data.dataset} "
               f"({len(splits.train):,} train, {len(splits.val) if splits.val else 0:,} val), device {device}"
@@ -164,6 +169,21 @@ def result_line(summary: dict[str, Any], run_dir: Path) -> str:
     """The one line a finished run prints: test accuracy, training seconds, where it was written."""
     acc = "n/a" if summary["test_accuracy"] is None else f"{summary['test_accuracy']:.4f}"
     return f"test accuracy {acc}  train {summary['train_seconds']:.1f}s  -> {run_dir}"
+
+
+def check_settings(cfg: Config) -> None:
+    """Every setting in range (:func:`validate_config`), and a validation count the dataset can give."""
+    validate_config(cfg)
+    info, val = DATASETS.get(cfg.data.dataset), cfg.data.val_size
+    if info is not None and val >= 1 and 4 * val > info.train_size:  # splits would quietly use a fraction instead
+        raise ConfigError(f"data.val_size {val:g} is over a quarter of the {info.train_size:,} training images of "
+                          f"{info.name}", hint=f"give at most {info.train_size // 4:,} images, or a fraction such as 0.1")
+
+
+def completed_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a run that finished (its summary.json), or None when it has not."""
+    path = Path(run_dir) / "summary.json"
+    return read_json(path) if path.is_file() else None
 
 
 def resume_config(run_dir: Path) -> Config:

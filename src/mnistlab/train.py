@@ -4,11 +4,16 @@ Data is a uint8 tensor on the training device; a batch is an index slice of a
 seeded per-epoch permutation; augmentation is batched tensor math on the same
 device. Every random draw of an epoch is seeded from (seed, epoch), and the
 checkpoint written after each epoch holds everything else (:class:`TrainState`),
-so a resumed run ends with the same weights as an uninterrupted one.
+so a resumed run ends with the same weights as an uninterrupted one. Within a long
+epoch a checkpoint is also written every ``train.checkpoint_every_steps`` steps or
+``train.checkpoint_every_seconds`` seconds; it adds the position in the epoch, the
+generators' states and the epoch's running sums, so a resume from it replays the
+epoch's draws and continues from that step, with the same weights at the end.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -21,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mnistlab.checkpoint import load_checkpoint, save_checkpoint
+from mnistlab.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from mnistlab.config import Config, TrainConfig
 from mnistlab.data.augment import augment_batch
 from mnistlab.data.dataset import ImageData
@@ -30,6 +35,7 @@ from mnistlab.device import world
 from mnistlab.distributed import average_grads
 from mnistlab.errors import ConfigError
 from mnistlab.evaluate import predict_logits
+from mnistlab.fileio import atomic_write_text
 from mnistlab.optim import Schedule, build_optimizer
 from mnistlab.runs import append_jsonl
 from mnistlab.train_state import EMA, Tracker, TrainState
@@ -54,12 +60,13 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
         device: torch.device, run_dir: Path | None = None, resume: bool = False, quiet: bool = False,
         param_groups: list[dict[str, Any]] | None = None, epoch_callback: EpochCallback | None = None,
         max_steps: int | None = None) -> FitResult:
-    """Train ``model`` on ``train_data`` as ``cfg`` says; checkpoint into ``run_dir`` every epoch.
+    """Train ``model`` on ``train_data`` as ``cfg`` says; checkpoint into ``run_dir`` every epoch (and within).
 
     ``param_groups`` overrides the optimizer's groups (fine-tuning: frozen layers,
     discriminative learning rates). ``epoch_callback`` sees each epoch's metrics
     row and may raise to stop (hyperparameter pruning). ``max_steps`` caps the
-    steps per epoch (``--dry-run``).
+    steps per epoch (``--dry-run``). ``resume`` continues from ``run_dir``'s checkpoint, or
+    from the first step when the run was stopped before writing one.
     """
     rank, world_size = world()
     main, tc, n = rank == 0, cfg.train, len(train_data)
@@ -70,9 +77,15 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
     aug = cfg.data.augment
     images, labels = train_data.images.to(device), train_data.labels.to(device)
     mean, std = train_data.mean, train_data.std
-    if resume and run_dir is not None:
-        state.load_state_dict(load_checkpoint(run_dir, map_location=device))
+    within: dict[str, Any] | None = None  # where in an epoch a mid-epoch checkpoint stopped
+    if resume and run_dir is not None and has_checkpoint(run_dir):
+        saved = load_checkpoint(run_dir, map_location=device)
+        state.load_state_dict(saved)
+        within = saved.get("within_epoch")
     log = _EpochLog(run_dir if main else None, tc.epochs, quiet or not main)
+    if resume:
+        log.restart(state.history)  # rows a kill left past the checkpoint are trained again
+    saver = _Checkpoints(tc, enabled=main and run_dir is not None, within_epochs=world_size == 1)
     stopped_early = False
     for epoch in range(state.epoch, tc.epochs):
         if state.tracker.bad_epochs >= tc.early_stop_patience > 0:
@@ -83,8 +96,15 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=log.silent or not os.isatty(2),  # a log or pipe gets the epoch line only
-                   leave=False, unit="step", dynamic_ncols=True)
+        start = 0
+        if within is not None:  # continue the epoch a mid-epoch checkpoint stopped in
+            start, t0 = within["position"], t0 - within["seconds"]
+            _restore_draws(within, aug_gen, device)
+            loss_sum.copy_(within["loss_sum"])
+            correct.copy_(within["correct"])
+            within = None
+        bar = tqdm(range(start, steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=log.silent or not os.isatty(2),  # a log or pipe gets the epoch line only
+                   initial=start, total=steps, leave=False, unit="step", dynamic_ncols=True)
         for i in bar:
             idx = perm[i * batch + rank * local_batch : i * batch + (rank + 1) * local_batch]
             x = images[idx].float().div_(255)  # uint8 [B,C,H,W] -> float in [0, 1]
@@ -111,6 +131,9 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
             correct += (logits.detach().argmax(1) == y).sum()
             if not log.silent and (i % 20 == 0 or i == steps - 1):
                 _show_progress(bar, loss, correct, lr, i + 1, batch, local_batch, t0)
+            if saver.due(state.step, i + 1, steps):
+                saver.save(run_dir, {**state.state_dict(), "within_epoch": _position(
+                    i + 1, time.perf_counter() - t0, aug_gen, device, loss_sum, correct)})
         bar.close()
         seconds = _end_of_epoch(loss_sum, correct, device, world_size, t0)
         state.elapsed += seconds
@@ -120,7 +143,7 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
         if main:
             log.write(row)
             if run_dir is not None:
-                save_checkpoint(run_dir, state.state_dict())
+                saver.save(run_dir, state.state_dict())
         if epoch_callback is not None:
             epoch_callback(row)
     log.close()
@@ -141,6 +164,47 @@ def _epoch_draws(seed: int, epoch: int, rank: int, n: int, device: torch.device)
     torch.manual_seed(noise)  # dropout and anything else drawing from the global generator
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
     return perm, torch.Generator(device=device).manual_seed(noise + 1)
+
+
+class _Checkpoints:
+    """Writes the checkpoints and says when one is due within an epoch (every N steps or M seconds).
+
+    Within epochs only for one process: under data parallelism every rank draws its own dropout
+    and augmentation, which rank 0's checkpoint does not hold, so those runs save at epoch ends.
+    """
+
+    def __init__(self, tc: TrainConfig, *, enabled: bool, within_epochs: bool) -> None:
+        self.every_steps, self.every_seconds = tc.checkpoint_every_steps, tc.checkpoint_every_seconds
+        self.within = enabled and within_epochs and (self.every_steps > 0 or self.every_seconds > 0)
+        self.last = time.monotonic()
+
+    def due(self, step: int, done: int, steps: int) -> bool:
+        """True when a checkpoint is due after global ``step``, ``done`` of ``steps`` into the epoch."""
+        if not self.within or done >= steps:  # the epoch's end writes its own
+            return False
+        return bool(self.every_steps and step % self.every_steps == 0) or bool(
+            self.every_seconds and time.monotonic() - self.last >= self.every_seconds)
+
+    def save(self, run_dir: Path, state: dict[str, Any]) -> None:
+        """Write ``state`` as the run's checkpoint."""
+        save_checkpoint(run_dir, state)
+        self.last = time.monotonic()
+
+
+def _position(done: int, seconds: float, aug_gen: torch.Generator, device: torch.device, loss_sum: torch.Tensor,
+              correct: torch.Tensor) -> dict[str, Any]:
+    """Where an epoch stands after ``done`` steps: what a resume needs to continue it exactly."""
+    return {"position": done, "seconds": seconds, "rng": torch.get_rng_state(), "aug_rng": aug_gen.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu()}
+
+
+def _restore_draws(within: dict[str, Any], aug_gen: torch.Generator, device: torch.device) -> None:
+    """Put the generators back where a mid-epoch checkpoint left them (after :func:`_epoch_draws` seeded them)."""
+    torch.set_rng_state(within["rng"].cpu())
+    aug_gen.set_state(within["aug_rng"].cpu())
+    if within.get("cuda_rng") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(within["cuda_rng"].cpu(), device)
 
 
 @dataclass
@@ -260,6 +324,11 @@ class _EpochLog:
     def __init__(self, run_dir: Path | None, epochs: int, silent: bool) -> None:
         self.run_dir, self.epochs, self.silent = run_dir, epochs, silent
         self.writer = _tensorboard(run_dir) if run_dir is not None else None
+
+    def restart(self, history: list[dict[str, Any]]) -> None:
+        """On resume: ``metrics.jsonl`` holds exactly the checkpoint's rows (a kill can leave one more)."""
+        if self.run_dir is not None:
+            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
     def write(self, row: dict[str, Any]) -> None:
         """Report one epoch's metrics row."""

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from mnistlab.cli.main import add_common
-from mnistlab.cli.train_cmd import add_run_options, run_seeds, split_items
+from mnistlab.cli.train_cmd import add_run_options, resume_run, run_seeds, split_items
 
 DEFAULT_RECIPE = "finetune-default"
 
@@ -98,17 +96,12 @@ def run(args: argparse.Namespace) -> int:
     """Fine-tune (or resume) as the arguments say; the exit status."""
     from mnistlab.errors import ConfigError
     from mnistlab.finetune.run import finetune
-    from mnistlab.runner import resume_config
 
     if args.resume:
         if args.source or args.items or args.dataset or args.strategy or args.shots or args.merge:
             raise ConfigError("--resume takes no FROM, recipe, overrides or flags",
                               hint="a resumed run keeps its saved config.yaml, parent included")
-        cfg = resume_config(Path(args.resume))
-        result = finetune(cfg, resume_dir=Path(args.resume), quiet=args.quiet)
-        if args.json:
-            print(json.dumps(result.summary))
-        return 0
+        return resume_run(args, lambda cfg, run_dir: finetune(cfg, resume_dir=run_dir, quiet=args.quiet))
     if not args.source:
         raise ConfigError("no model to fine-tune from", hint="give a run directory or artifact: mnistlab finetune FROM ...")
     cfg = build_config(args)

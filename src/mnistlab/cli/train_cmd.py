@@ -87,11 +87,32 @@ def run_seeds(args: argparse.Namespace, cfg, train_one) -> int:
     return 0
 
 
+def resume_run(args: argparse.Namespace, verb_resume) -> int:
+    """``--resume RUN`` for train and finetune: say so when RUN is complete, else continue it exactly."""
+    from mnistlab.runner import completed_summary, result_line, resume_config
+
+    run_dir = Path(args.resume)
+    cfg = resume_config(run_dir)
+    done = completed_summary(run_dir)
+    if done is not None:  # nothing left to train: no silent re-evaluation
+        print(json.dumps(done) if args.json else f"{run_dir} is already complete ({done.get('epochs')} epochs), "
+              f"nothing to resume: {result_line(done, run_dir)}")
+        return 0
+    result = verb_resume(cfg, run_dir)
+    if args.json:
+        print(json.dumps(result.summary))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Train one recipe (several seeds, or N processes with --nproc), or resume a run."""
     from mnistlab.config import load_config, resolve_recipe
-    from mnistlab.runner import resume_config, run_training
+    from mnistlab.runner import run_training
 
+    if args.nproc < 1:
+        from mnistlab.errors import ConfigError
+
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
     if args.nproc > 1:
         from mnistlab.cli.main import worker_argv
         from mnistlab.distributed import launch_local
@@ -103,11 +124,7 @@ def run(args: argparse.Namespace) -> int:
             from mnistlab.errors import ConfigError
 
             raise ConfigError("--resume takes no recipe or overrides", hint="a resumed run keeps its saved config.yaml")
-        cfg = resume_config(Path(args.resume))
-        result = run_training(cfg, resume_dir=Path(args.resume), quiet=args.quiet)
-        if args.json:
-            print(json.dumps(result.summary))
-        return 0
+        return resume_run(args, lambda cfg, run_dir: run_training(cfg, resume_dir=run_dir, quiet=args.quiet))
     recipe, overrides = split_items(args.items)
     cfg = load_config(resolve_recipe(recipe), overrides)
     return run_seeds(args, cfg, lambda c, out: run_training(c, out=out, quiet=args.quiet, dry_run=args.dry_run))

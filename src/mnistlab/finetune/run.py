@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from mnistlab.artifact import ModelCard, load_artifact, resolve_artifact
-from mnistlab.checkpoint import load_checkpoint
+from mnistlab.checkpoint import has_checkpoint, load_checkpoint
 from mnistlab.config import AugmentConfig, Config
 from mnistlab.data.dataset import ImageData, class_balanced_subset
 from mnistlab.device import resolve_device
@@ -232,7 +232,7 @@ def finetune(cfg: Config, *, out: str | Path | None = None, resume_dir: str | Pa
     cfg = replace(cfg, model=replace(cfg.model, name=parent.card.arch, args=recipe_args(parent.card.arch_args)))
     cfg, splits, small = prepare_splits(cfg, parent.card, dry_run=dry_run, progress=not quiet)
     summary: dict[str, Any] = {"parent_test_accuracy": parent_accuracy(parent, splits.test, cfg), "small_data": small}
-    done = int(load_checkpoint(Path(resume_dir))["epoch"]) if resume_dir is not None else 0
+    done = int(load_checkpoint(Path(resume_dir))["epoch"]) if resume_dir is not None and has_checkpoint(resume_dir) else 0
     unfreeze = _Plan(parent, summary, done_epochs=done,
                      gradual=ft.gradual_unfreeze if ft.strategy in ("full", "partial") else 0)
     result = run_training(cfg, out=out, resume_dir=Path(resume_dir) if resume_dir is not None else None, quiet=quiet,

@@ -96,6 +96,12 @@ def test_an_explicit_target_and_a_bad_one():
         explain(model, pixels(), mean=0.13, std=0.31, method="shap")
 
 
+def test_the_cli_offers_every_method():
+    from mnistlab.cli.explain_cmd import METHODS as CLI_METHODS
+
+    assert CLI_METHODS == METHODS
+
+
 def test_heat_maps_keep_positive_evidence_scaled_to_one():
     a = np.zeros((2, 1, 4, 4), dtype=np.float32)
     a[0, 0, 1, 2], a[0, 0, 3, 3] = 2.0, -5.0

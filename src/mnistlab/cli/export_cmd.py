@@ -26,8 +26,9 @@ file is compared with eager PyTorch on the model's test set (all images unless -
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `mnistlab export`."""
-    p = sub.add_parser("export", help="export a model to ONNX or TorchScript",
-                       description="Export a run directory or artifact to ONNX or TorchScript, with a parity check.",
+    p = sub.add_parser("export", help="export a model to ONNX, TorchScript, or for phones (ORT, ExecuTorch)",
+                       description="Export a run directory or artifact to ONNX, TorchScript, ONNX Runtime's ORT format "
+                                   "or ExecuTorch, with a parity check.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="a run directory or a folder with model.json + model.safetensors")
     p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "ort", "executorch"],

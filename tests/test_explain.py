@@ -33,7 +33,7 @@ def has_spatial_stage(model: nn.Module) -> bool:
 def test_maps_have_the_input_shape_and_are_finite(name, method):
     torch.manual_seed(0)
     model = create_model(name).eval()
-    x = pixels()
+    x = pixels(1)  # one image: occlusion on vit-small is 169 forward passes of a 10.7M-parameter model
     if method == "gradcam" and not has_spatial_stage(model):
         with pytest.raises(ConfigError, match="gradcam needs convolutions"):
             explain(model, x, mean=0.13, std=0.31, method=method)
@@ -41,10 +41,10 @@ def test_maps_have_the_input_shape_and_are_finite(name, method):
     result = explain(model, x, mean=0.13, std=0.31, method=method)
     assert result.attributions.shape == tuple(x.shape)
     assert np.isfinite(result.attributions).all()
-    assert result.probabilities.shape == (2, 10)
+    assert result.probabilities.shape == (1, 10)
     np.testing.assert_allclose(result.probabilities.sum(1), 1.0, rtol=1e-5)
     heat = result.heat()
-    assert heat.shape == (2, 28, 28) and heat.min() >= 0 and heat.max() <= 1
+    assert heat.shape == (1, 28, 28) and heat.min() >= 0 and heat.max() <= 1
     assert not model.training
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import string
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,13 +33,22 @@ from mnistlab.predict import Predictor
 
 _MAX_PIECE = 1.5  # widest candidate character, in character heights
 _MIN_PIECE = 0.08  # narrowest
-_WIDE_PENALTY = 4.0  # per character height of width above _WIDE_FROM
-_WIDE_FROM = 1.05
-_SHORT_PENALTY = 8.0  # per character height of ink height below _SHORT_BELOW (a cut-off sliver)
-_SHORT_BELOW = 0.7
-_CUT_PENALTY = 0.4  # per unit of ink a cut crosses (a stroke crossed square-on is about 1.3)
-_CHAR_BONUS = 0.0  # per character read
 _MAX_CHARS = 40  # the most characters read from one image
+
+
+@dataclass(frozen=True)
+class CutWeights:
+    """How the reader weighs a way of cutting a blob into characters (added to the sum of the
+    pieces' log-probabilities). Tuned on strings of MNIST *training* digits (benchmarks/read.py
+    --tune), never on the test digits the benchmark reports."""
+
+    wide: float = 4.0  # per character height of ink width above wide_from
+    wide_from: float = 1.05
+    short: float = 8.0  # per character height of ink height below short_below (a cut-off sliver)
+    short_below: float = 0.7
+    cut: float = 1.0  # per stroke a cut crosses beyond free_strokes
+    free_strokes: float = 0.0  # strokes a cut may cross for free (touching characters meet in about one)
+    bonus: float = 0.0  # per character read
 
 
 @dataclass
@@ -99,11 +108,19 @@ class _Candidate:
     probs: np.ndarray | None = None
 
 
+class _Analysis(NamedTuple):
+    blobs: list[Blob]
+    cands: list[_Candidate]
+    cut_costs: list[np.ndarray]
+    cuts_of: list[list[np.ndarray]]
+
+
 class StringReader:
     """Reads digit strings with a per-character ``Predictor``."""
 
-    def __init__(self, predictor: Predictor, *, charset: str | None = None) -> None:
+    def __init__(self, predictor: Predictor, *, charset: str | None = None, weights: CutWeights | None = None) -> None:
         self.predictor = predictor
+        self.weights = weights or CutWeights()
         self.allowed = resolve_charset(charset, predictor.classes)
         self.chars = [predictor.classes[i] for i in self.allowed]
 
@@ -114,11 +131,20 @@ class StringReader:
         label = name or (str(source) if not isinstance(source, (bytes, bytearray, memoryview, Image.Image)) else "<image>")
         if expect_length is not None and not 1 <= expect_length <= _MAX_CHARS:
             raise ConfigError(f"expected length {expect_length} is out of range", hint=f"use 1 to {_MAX_CHARS}")
+        return self.decide(self.analyse(img, label), label, expect_length)
+
+    def analyse(self, img: Image.Image, label: str = "<image>") -> _Analysis:
+        """The image work and the classifier's reading of every candidate character (the slow part)."""
         work = StringImage.from_image(img, label=label)
         blobs = work.blobs()
         cands, cut_costs, cuts_of = self._candidates(work, blobs)
         self._classify(work, blobs, cands, cuts_of)
-        per_blob = [self._blob_paths(b, [c for c in cands if c.blob == b], cut_costs[b], len(cuts_of[b]))
+        return _Analysis(blobs, cands, cut_costs, cuts_of)
+
+    def decide(self, analysis: _Analysis, label: str = "<image>", expect_length: int | None = None) -> Reading:
+        """The best reading given the candidates: the cuts per blob, then the characters left to right."""
+        blobs, cands, cut_costs, cuts_of = analysis
+        per_blob = [self._blob_paths([c for c in cands if c.blob == b], cut_costs[b], len(cuts_of[b]))
                     for b in range(len(blobs))]
         chosen = _choose_counts(per_blob, expect_length)
         chars: list[CharReading] = []
@@ -141,6 +167,7 @@ class StringReader:
             ink = np.where(blob.mask, work.ink, 0.0)[blob.y0:blob.y1] / 255.0
             rows = np.arange(blob.y1 - blob.y0)
             costs = np.array([float(ink[rows, np.clip(c, 0, ink.shape[1] - 1)].sum()) for c in cuts])
+            costs = costs / work.stroke  # in strokes crossed
             costs[0] = costs[-1] = 0.0  # the blob's own edges cost nothing
             cut_costs.append(costs)
             for i in range(len(cuts) - 1):
@@ -170,8 +197,7 @@ class StringReader:
             for cand, p in zip(kept, probs, strict=True):
                 cand.probs = p
 
-    @staticmethod
-    def _blob_paths(b: int, cands: list[_Candidate], costs: np.ndarray, n_cuts: int):
+    def _blob_paths(self, cands: list[_Candidate], costs: np.ndarray, n_cuts: int):
         """For each character count k: (score, pieces) of the best way to read the blob as k characters."""
         kmax = min(_MAX_CHARS, n_cuts - 1)
         best = [[-math.inf] * (kmax + 1) for _ in range(n_cuts)]
@@ -181,11 +207,12 @@ class StringReader:
         for c in cands:
             if c.probs is not None:
                 ending.setdefault(c.j, []).append(c)
+        w = self.weights
         for j in range(1, n_cuts):
             for c in ending.get(j, []):
-                score = (math.log(max(float(c.probs.max()), 1e-12)) + _CHAR_BONUS
-                         - _WIDE_PENALTY * max(0.0, c.ink_width - _WIDE_FROM)
-                         - _SHORT_PENALTY * max(0.0, _SHORT_BELOW - c.height) - _CUT_PENALTY * costs[j])
+                score = (math.log(max(float(c.probs.max()), 1e-12)) + w.bonus
+                         - w.wide * max(0.0, c.ink_width - w.wide_from)
+                         - w.short * max(0.0, w.short_below - c.height) - w.cut * max(0.0, costs[j] - w.free_strokes))
                 for k in range(1, kmax + 1):
                     if best[c.i][k - 1] > -math.inf and best[c.i][k - 1] + score > best[j][k]:
                         best[j][k] = best[c.i][k - 1] + score

@@ -190,6 +190,7 @@ class StringImage:
         self.ink, self.mask = ink, mask
         self.scale, self.slant, self.yc, self.pad = scale, slant, yc, pad
         self.char_height = char_height
+        self.stroke = 1.0  # ink a cut crossing one stroke square-on meets (stroke width x ink level)
 
     @classmethod
     def from_image(cls, img: Image.Image, *, label: str = "<image>") -> StringImage:
@@ -226,8 +227,10 @@ class StringImage:
         ys = np.nonzero(work_mask.any(axis=1))[0]
         yc = (ys.min() + ys.max()) / 2 if len(ys) else h / 2
         pad = int(np.ceil(abs(slant) * h)) + 2
-        return cls(_shear(region, slant, yc, pad), _shear(work_mask, slant, yc, pad), factor / zoom, slant, yc, pad,
-                   WORK_HEIGHT)
+        out = cls(_shear(region, slant, yc, pad), _shear(work_mask, slant, yc, pad), factor / zoom, slant, yc, pad,
+                  WORK_HEIGHT)
+        out.stroke = _stroke_width(out.mask) * float(np.percentile(out.ink[out.mask], 75)) / 255.0
+        return out
 
     def to_original(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Work coordinates (row, column) -> the input image's (row, column), as floats."""
@@ -306,6 +309,13 @@ class Piece:
     box: tuple[int, int, int, int]
     height: float
     width: float
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """The typical stroke width of a mask, pixels: twice its area over its boundary length."""
+    inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    area = float(mask.sum())
+    return max(1.0, 2.0 * area / max(1.0, area - float(inner.sum())))
 
 
 def _component_sizes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ class Preprocess:
     mean: float = MNIST_MEAN  # of pixel/255
     std: float = MNIST_STD
     mnist_style: bool = True  # real images: crop to ink, longer side 20 px, centre of mass
+    autocontrast: bool = False  # each image stretched to [0, 1] and made ink-on-black before mean/std (older cards: off)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ModelCard:
     adapters: dict[str, Any] | None = None  # e.g. LoRA settings, when the weights hold adapters
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature), fitted on validation (older cards: 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

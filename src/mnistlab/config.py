@@ -34,12 +34,28 @@ class AugmentConfig:
     elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels (Gaussian sigma)
     erase: float = 0.0  # probability of erasing one random rectangle per image
     hflip: float = 0.0  # probability of a left-right mirror per image (clothes, not digits)
+    # What scans and photos do to a page (data.augment.scan_*); each applies to an image with
+    # probability scan_prob, at a strength drawn uniformly up to its value.
+    noise: float = 0.0  # max std of additive Gaussian pixel noise, in [0, 1] pixel units
+    speckle: float = 0.0  # max fraction of pixels turned black or white (dust, sensor dropouts)
+    blur: float = 0.0  # max Gaussian blur sigma, pixels, drawn separately per axis (focus, shake)
+    paper: float = 0.0  # max grey level of the paper (background), in [0, 1]
+    fade: float = 0.0  # max loss of ink contrast: ink ends between 1 and 1 - fade above the paper
+    shading: float = 0.0  # max amplitude of a smooth uneven background (shadows, stains), in [0, 1]
+    lines: float = 0.0  # probability of a solid ruling line across the image
+    scan_prob: float = 0.5  # probability that each of the effects above is applied to an image
 
     @property
     def enabled(self) -> bool:
         """True when any augmentation is switched on."""
-        return any(v > 0 for v in (self.rotate, self.translate, self.scale, self.shear, self.elastic, self.erase,
-                                   self.hflip))
+        return self.scan or any(v > 0 for v in (self.rotate, self.translate, self.scale, self.shear, self.elastic,
+                                                self.erase, self.hflip))
+
+    @property
+    def scan(self) -> bool:
+        """True when any scan-like effect (noise, speckle, blur, paper, fade, shading, lines) is switched on."""
+        return self.scan_prob > 0 and any(v > 0 for v in (self.noise, self.speckle, self.blur, self.paper, self.fade,
+                                                          self.shading, self.lines))
 
     @property
     def geometric(self) -> bool:
@@ -55,6 +71,7 @@ class DataConfig:
     val_size: float = 5000  # images (>= 1) or a fraction (< 1) carved from train
     train_limit: int | None = None  # use only the first N training images (after the split)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    autocontrast: bool = False  # stretch each image to [0, 1] and make it ink-on-black before normalising
 
 
 @dataclass

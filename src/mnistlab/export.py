@@ -49,20 +49,31 @@ RANDOM_CHECK_IMAGES = 1000  # random-pixel images for the parity check when the 
 class PixelClassifier(nn.Module):
     """uint8 pixels [N, 1, S, S] -> (logits, probabilities) float32 [N, classes].
 
-    Normalises with the function training uses (``data.imagedata.normalize``): x/255, minus mean, over std.
+    Normalises with the function training uses (``data.imagedata.normalize``): x/255, the per-image
+    contrast stretch when ``autocontrast``, minus mean, over std. Probabilities are
+    softmax(logits / temperature), the card's calibrated ones; the logits are the model's own.
     """
 
-    def __init__(self, model: nn.Module, mean: float, std: float) -> None:
+    def __init__(self, model: nn.Module, mean: float, std: float, autocontrast: bool = False,
+                 temperature: float = 1.0) -> None:
         super().__init__()
         self.model = unwrap(model)
         self.mean = float(mean)
         self.std = float(std)
+        self.autocontrast = bool(autocontrast)
+        self.temperature = float(temperature)
+
+    @classmethod
+    def from_card(cls, model: nn.Module, card: ModelCard) -> PixelClassifier:
+        """The wrapper with the card's preprocessing and temperature."""
+        pre = card.preprocess
+        return cls(model, pre.mean, pre.std, pre.autocontrast, card.temperature)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and probabilities float32 [N, classes] for uint8 pixels [N, 1, S, S]."""
-        x = normalize(pixels, self.mean, self.std)
+        x = normalize(pixels, self.mean, self.std, self.autocontrast)
         logits = self.model(x)
-        return logits, F.softmax(logits, dim=1)
+        return logits, F.softmax(logits / self.temperature, dim=1)
 
 
 def _card_json(card: ModelCard) -> str:
@@ -108,7 +119,7 @@ def export_onnx(model: nn.Module, card: ModelCard, out: Path, *, opset: int | No
         import onnxscript  # noqa: F401
     except ImportError:
         raise MnistlabError("ONNX export needs onnx and onnxscript", hint="pip install 'mnistlab[export]'") from None
-    wrapper = PixelClassifier(model, card.preprocess.mean, card.preprocess.std).cpu().eval()
+    wrapper = PixelClassifier.from_card(model, card).cpu().eval()
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with _quiet_exporter():
         program = torch.onnx.export(
@@ -132,7 +143,7 @@ def _set_metadata(proto: Any, card: ModelCard) -> None:
 
 def export_torchscript(model: nn.Module, card: ModelCard, out: Path) -> Path:
     """Write ``model`` as a traced TorchScript file with the card as extra file ``model.json``."""
-    wrapper = PixelClassifier(model, card.preprocess.mean, card.preprocess.std).cpu().eval()
+    wrapper = PixelClassifier.from_card(model, card).cpu().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still the way to get a .pt graph
         traced = torch.jit.trace(wrapper, (_example(card),))
@@ -186,7 +197,8 @@ def exported_logits(path: Path, pixels: np.ndarray, fmt: str) -> np.ndarray:
 def check_parity(model: nn.Module, card: ModelCard, path: Path, fmt: str, pixels: torch.Tensor,
                  labels: torch.Tensor | None, source: str) -> Parity:
     """Compare the exported file with eager PyTorch (the evaluation path) on uint8 pixels [N, 1, S, S]."""
-    eager = predict_logits(unwrap(model), pixels, mean=card.preprocess.mean, std=card.preprocess.std).numpy()
+    eager = predict_logits(unwrap(model), pixels, mean=card.preprocess.mean, std=card.preprocess.std,
+                           autocontrast=card.preprocess.autocontrast).numpy()
     exported = exported_logits(path, pixels.numpy(), fmt)
     parity = Parity(
         images=len(pixels), source=source,

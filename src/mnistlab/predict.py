@@ -6,8 +6,11 @@
 
 Real images go through ``mnistlab.data.images.preprocess_image``, the one preprocessing path;
 already-preprocessed pixels (uint8 [N, 1, S, S], MNIST polarity) go straight to
-``predict_pixels``. Normalisation by the card's mean and std happens inside the backend: in
-eager PyTorch with the same function training uses, in the ONNX graph for an ``.onnx`` file.
+``predict_pixels``. Normalisation by the card's mean and std (after the per-image contrast
+stretch when the card says ``autocontrast``) happens inside the backend: in eager PyTorch with
+the same function training uses, in the ONNX graph for an ``.onnx`` file. Probabilities are
+softmax(logits / T) with the card's fitted ``temperature`` (1 on older cards); logits, and so
+the predicted class, are the model's own.
 The ONNX backend runs on ONNX Runtime and never imports torch.
 """
 
@@ -82,6 +85,8 @@ class Predictor:
         self.std = float(pre.get("std", MNIST_STD))
         self.mnist_style = bool(pre.get("mnist_style", True))
         self.invert = bool(pre.get("invert", False))
+        self.autocontrast = bool(pre.get("autocontrast", False))
+        self.temperature = float(card.get("temperature", 1.0))  # probabilities = softmax(logits / temperature)
         if int(pre.get("channels", 1)) != 1:
             raise ModelError(f"'{source}' expects {pre.get('channels')}-channel input",
                              hint="predict on real images supports grayscale (1-channel) models")
@@ -183,9 +188,9 @@ class TorchPredictor(Predictor):
         import torch
 
         with torch.inference_mode():
-            x = self._normalize(torch.from_numpy(pixels).to(self.device), self.mean, self.std)
+            x = self._normalize(torch.from_numpy(pixels).to(self.device), self.mean, self.std, self.autocontrast)
             logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
-            probs = logits.softmax(1)
+            probs = (logits / self.temperature).softmax(1)
         return logits.cpu().numpy(), probs.cpu().numpy()
 
 

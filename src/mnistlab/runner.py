@@ -10,8 +10,10 @@ from typing import Any
 import torch
 
 from mnistlab.artifact import ModelCard, Preprocess, library_versions, save_artifact
+from mnistlab.calibration import fit_temperature
 from mnistlab.checkpoint import has_checkpoint
 from mnistlab.config import Config, config_from_dict, load_yaml, save_config, validate_config
+from mnistlab.data.imagedata import ImageData
 from mnistlab.data.registry import DATASETS
 from mnistlab.device import resolve_device, world
 from mnistlab.distributed import barrier, default_threads, init_distributed, on_main, peer_errors
@@ -20,6 +22,7 @@ from mnistlab.evaluate import (
     format_report,
     plot_confusion,
     plot_curves,
+    plot_reliability,
     plot_top_losses,
     predict_logits,
     recipe_tta,
@@ -135,12 +138,18 @@ def finish_run(cfg: Config, result: FitResult, splits: Splits, run_dir: Path, *,
         "train_images": len(train),
     }
     report = None
+    temperature = fit_run_temperature(cfg, model, splits.val, device)
+    summary["temperature"] = temperature
     if splits.test is not None:
         logits = predict_logits(model, splits.test.images, mean=train.mean, std=train.std,
-                                batch_size=cfg.train.eval_batch_size, device=device, **recipe_tta(cfg))
-        report = report_from_logits(logits, splits.test.labels, splits.test.classes)
+                                batch_size=cfg.train.eval_batch_size, device=device, autocontrast=cfg.data.autocontrast,
+                                **recipe_tta(cfg))
+        report = report_from_logits(logits, splits.test.labels, splits.test.classes, temperature)
         summary.update(test_accuracy=report.accuracy, test_loss=report.loss, per_class=report.per_class,
                        macro=report.macro, weighted=report.weighted)
+        if report.calibration is not None:
+            summary.update({f"test_{k}": v for k, v in report.calibration.to_dict().items() if k != "temperature"})
+            plot_reliability(report.calibration, run_dir / "reliability.png")
         plot_confusion(report, run_dir / "confusion_matrix.png")
         plot_top_losses(splits.test.images, logits, splits.test.labels, splits.test.classes, run_dir / "top_losses.png")
     summary.update(result.extra)
@@ -150,7 +159,9 @@ def finish_run(cfg: Config, result: FitResult, splits: Splits, run_dir: Path, *,
         arch=model.arch_name,
         arch_args=dict(model.arch_args),
         classes=list(train.classes),
-        preprocess=Preprocess(size=train.images.shape[-1], channels=train.images.shape[1], mean=train.mean, std=train.std),
+        preprocess=Preprocess(size=train.images.shape[-1], channels=train.images.shape[1], mean=train.mean, std=train.std,
+                              autocontrast=cfg.data.autocontrast),
+        temperature=temperature,
         dataset=cfg.data.dataset,
         metrics={k: summary[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "epochs", "train_seconds")},
         versions=library_versions(),
@@ -163,6 +174,15 @@ def finish_run(cfg: Config, result: FitResult, splits: Splits, run_dir: Path, *,
             print(format_report(report))
         print(result_line(summary, run_dir))
     return summary
+
+
+def fit_run_temperature(cfg: Config, model: torch.nn.Module, val: ImageData | None, device: torch.device) -> float:
+    """The temperature that minimises the NLL on the run's validation split, evaluated as the test set is; 1.0 without one."""
+    if val is None or not len(val):
+        return 1.0
+    logits = predict_logits(model, val.images, mean=val.mean, std=val.std, batch_size=cfg.train.eval_batch_size,
+                            device=device, autocontrast=cfg.data.autocontrast, **recipe_tta(cfg))
+    return round(fit_temperature(logits, val.labels), 4)
 
 
 def result_line(summary: dict[str, Any], run_dir: Path) -> str:

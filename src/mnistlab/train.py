@@ -110,7 +110,7 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
             x = images[idx].float().div_(255)  # uint8 [B,C,H,W] -> float in [0, 1]
             if aug.enabled:
                 x = augment_batch(x, aug, generator=aug_gen)
-            x = normalize(x, mean, std)
+            x = normalize(x, mean, std, cfg.data.autocontrast)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx]
@@ -138,7 +138,7 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
         seconds = _end_of_epoch(loss_sum, correct, device, world_size, t0)
         state.elapsed += seconds
         row = _epoch_row(epoch + 1, loss_sum, correct, steps * batch, seconds, state.optimizer)
-        row.update(validate(state.weights, val_data, mean, std, tc, device))
+        row.update(validate(state.weights, val_data, mean, std, tc, device, autocontrast=cfg.data.autocontrast))
         state.end_epoch(row)
         if main:
             log.write(row)
@@ -308,12 +308,12 @@ def _epoch_row(epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: 
 
 
 def validate(weights: torch.nn.Module, val_data: ImageData | None, mean: float, std: float, tc: TrainConfig,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, autocontrast: bool = False) -> dict[str, float]:
     """``val_loss`` and ``val_acc`` of ``weights`` on ``val_data``; empty when there is no validation set."""
     if val_data is None or not len(val_data):
         return {}
     logits = predict_logits(weights, val_data.images, mean=mean, std=std, batch_size=tc.eval_batch_size,
-                            device=device, bf16=tc.bf16, channels_last=tc.channels_last)
+                            device=device, bf16=tc.bf16, channels_last=tc.channels_last, autocontrast=autocontrast)
     return {"val_loss": F.cross_entropy(logits, val_data.labels).item(),
             "val_acc": (logits.argmax(1) == val_data.labels).float().mean().item()}
 

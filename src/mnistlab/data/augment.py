@@ -1,4 +1,4 @@
-"""Batched data augmentation: random affine, elastic distortion, random erasing and mirroring as tensor math.
+"""Batched data augmentation: random affine, elastic distortion, random erasing, mirroring and scan effects as tensor math.
 
 Everything runs on the batch's own device with one call per batch (no per-image Python), and
 every random draw comes from the caller's generator, so a seed reproduces a batch exactly.
@@ -87,6 +87,89 @@ def _erase(x: torch.Tensor, prob: float, fill: float, generator: torch.Generator
     return x.masked_fill(mask, fill)  # the mask broadcasts over channels
 
 
+def _per_image(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One U(0, 1) draw per image, float [B, 1, 1, 1] on x's device."""
+    return torch.rand(x.shape[0], device=x.device, generator=generator).view(-1, 1, 1, 1)
+
+
+def _blur_each(x: torch.Tensor, sy: torch.Tensor, sx: torch.Tensor, radius: int) -> torch.Tensor:
+    """Blur each image of float [B, C, H, W] by its own Gaussian sigmas (pixels, float [B]) per axis, edges replicated."""
+    b, c, h, w = x.shape
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+
+    def kernels(sigma: torch.Tensor) -> torch.Tensor:  # [B * C, K]
+        k = torch.exp(-(t**2) / (2 * sigma.clamp(min=1e-2).view(-1, 1) ** 2))
+        return (k / k.sum(1, keepdim=True)).repeat_interleave(c, dim=0)
+
+    v = F.pad(x.reshape(1, b * c, h, w), (0, 0, radius, radius), mode="replicate")  # one channel per image
+    v = F.conv2d(v, kernels(sy).view(b * c, 1, -1, 1), groups=b * c)
+    v = F.conv2d(F.pad(v, (radius, radius, 0, 0), mode="replicate"), kernels(sx).view(b * c, 1, 1, -1), groups=b * c)
+    return v.view(b, c, h, w)
+
+
+def _value_noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Smooth random shading float [B, 1, H, W] in [0, 1]: random grids of 3, 6 and 12 cells a side,
+    upsampled bilinearly, weighted 4:2:1 and summed (shadows, stains, uneven paper)."""
+    b, _, h, w = x.shape
+    field = torch.zeros(b, 1, h, w, device=x.device)
+    for cells, weight in ((3, 4.0), (6, 2.0), (12, 1.0)):
+        coarse = torch.rand(b, 1, cells, cells, device=x.device, generator=generator)
+        field = field + weight * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
+    lo = field.amin(dim=(2, 3), keepdim=True)
+    return (field - lo) / (field.amax(dim=(2, 3), keepdim=True) - lo).clamp(min=1e-6)
+
+
+def _ruling_lines(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One solid straight line per image at a random angle and place: float [B, 1, H, W] in [0, 1]."""
+    b, _, h, w = x.shape
+    draws = torch.rand(b, 4, device=x.device, generator=generator)  # [B, (angle, offset, width, ink)]
+    angle = (draws[:, 0] * math.pi).view(b, 1, 1)
+    offset = ((draws[:, 1] - 0.5) * 0.8 * min(h, w)).view(b, 1, 1)  # pixels from the centre
+    half_width = (0.4 + 0.8 * draws[:, 2]).view(b, 1, 1)
+    ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) - (h - 1) / 2
+    xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) - (w - 1) / 2
+    dist = (xs * torch.sin(angle) - ys * torch.cos(angle) - offset).abs()  # [B, H, W]
+    ink = (0.5 + 0.5 * draws[:, 3]).view(b, 1, 1)
+    return ((half_width + 0.5 - dist).clamp(0, 1) * ink).unsqueeze(1)
+
+
+def scan_effects(x: torch.Tensor, p: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """What a scanner or camera does to a page, on float images [B, C, H, W] in [0, 1] (ink white on black).
+
+    In this order, each applied to an image with probability ``p.scan_prob`` at a strength drawn
+    uniformly up to its setting: blur (sigma per axis), uneven shading, grey paper and faded ink,
+    a ruling line, Gaussian noise, speckle. The result is clamped to [0, 1].
+    """
+    b, _, h, w = x.shape
+
+    def chosen() -> torch.Tensor:
+        return _per_image(x, generator) < p.scan_prob  # bool [B, 1, 1, 1]
+
+    out = x
+    if p.blur > 0:
+        on = chosen().flatten()
+        sy = _per_image(x, generator).flatten() * p.blur * on
+        sx = _per_image(x, generator).flatten() * p.blur * on
+        out = _blur_each(out, sy, sx, radius=max(1, min(math.ceil(3 * p.blur), min(h, w) // 2)))
+    if p.shading > 0:
+        out = out + _value_noise(x, generator) * _per_image(x, generator) * p.shading * chosen()
+    if p.paper > 0 or p.fade > 0:
+        paper = _per_image(x, generator) * p.paper * chosen()
+        keep = 1 - _per_image(x, generator) * p.fade * chosen()
+        out = paper + out * (1 - paper) * keep
+    if p.lines > 0:
+        line = _ruling_lines(x, generator) * (_per_image(x, generator) < p.lines)
+        out = torch.maximum(out, line)
+    if p.noise > 0:
+        sigma = _per_image(x, generator) * p.noise * chosen()
+        out = out + torch.randn(out.shape, device=x.device, generator=generator) * sigma
+    if p.speckle > 0:
+        share = _per_image(x, generator) * p.speckle * chosen()
+        draws = torch.rand(out.shape, device=x.device, generator=generator)
+        out = torch.where(draws < share / 2, 1.0, torch.where(draws > 1 - share / 2, 0.0, out))
+    return out.clamp(0, 1)
+
+
 def augment_batch(x: torch.Tensor, p: AugmentConfig, generator: torch.Generator | None = None,
                   fill: float = 0.0) -> torch.Tensor:
     """Randomly augment a float batch [B, C, H, W]; returns a new tensor of the same shape.
@@ -114,4 +197,8 @@ def augment_batch(x: torch.Tensor, p: AugmentConfig, generator: torch.Generator 
     if p.hflip > 0:
         flip = torch.rand(x.shape[0], device=x.device, generator=generator) < p.hflip  # [B]
         out = torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
+    if p.scan:
+        if fill:
+            raise ValueError("scan effects need [0, 1] images (fill 0); normalise after augmenting")
+        out = scan_effects(out, p, generator)
     return out

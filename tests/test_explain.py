@@ -153,3 +153,15 @@ def test_eval_plots_write_the_top_losses_with_their_explanations(synthetic_data,
 
     with Image.open(sheet) as img:
         assert img.height > 500  # 16 mistakes: four rows of image and map pairs
+
+
+def test_the_card_preprocessing_and_temperature_are_those_of_predict():
+    from mnistlab.evaluate import predict_logits
+
+    torch.manual_seed(0)
+    model = create_model("fastcnn").eval()
+    x = 255 - pixels(3)  # a contrast stretch makes a difference here
+    for autocontrast in (False, True):
+        result = explain(model, x, mean=0.13, std=0.31, autocontrast=autocontrast, temperature=2.0)
+        logits = predict_logits(model, x, mean=0.13, std=0.31, autocontrast=autocontrast)
+        np.testing.assert_allclose(result.probabilities, (logits / 2.0).softmax(1).numpy(), rtol=1e-4, atol=1e-6)

@@ -114,7 +114,8 @@ def evaluate_run(model: str | Path, *, split: str = "test", dataset: str | None 
         plot_confusion(report, out / "confusion_matrix.png")
         plot_top_losses(data.images, logits, data.labels, data.classes, out / "top_losses.png")
         explain_top_losses(net, data.images, logits, data.labels, data.classes, out / "top_losses_explained.png",
-                           mean=card.preprocess.mean, std=card.preprocess.std)
+                           mean=card.preprocess.mean, std=card.preprocess.std,
+                           autocontrast=card.preprocess.autocontrast, temperature=card.temperature)
         if report.calibration is not None:
             plot_reliability(report.calibration, out / "reliability.png")
         if robust is not None:

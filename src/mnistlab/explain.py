@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistlab.data.imagedata import normalize
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.evaluate import _pyplot
 from mnistlab.fileio import atomic_path
@@ -44,14 +45,14 @@ def _captum():
 
 
 class _Pixels(nn.Module):
-    """Pixels in [0, 1] [N, C, S, S] -> logits: the model with its normalisation in front."""
+    """Pixels in [0, 1] [N, C, S, S] -> logits: the model with its normalisation (``data.imagedata.normalize``) in front."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float) -> None:
+    def __init__(self, model: nn.Module, mean: float, std: float, autocontrast: bool = False) -> None:
         super().__init__()
-        self.model, self.mean, self.std = model, float(mean), float(std)
+        self.model, self.mean, self.std, self.autocontrast = model, float(mean), float(std), bool(autocontrast)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+        return self.model(normalize(x, self.mean, self.std, self.autocontrast))
 
 
 @dataclass
@@ -135,7 +136,7 @@ def _attribute(net: _Pixels, x: torch.Tensor, target: torch.Tensor, method: str)
         return attr.Occlusion(net).attribute(x, sliding_window_shapes=(c, window, window), baselines=0.0,
                                              strides=(c, max(1, window // 2), max(1, window // 2)),
                                              target=target, perturbations_per_eval=8)
-    layer, kind = _spatial_layer(net.model, (x - net.mean) / net.std)
+    layer, kind = _spatial_layer(net.model, normalize(x.detach(), net.mean, net.std, net.autocontrast))
     if kind == "tokens":
         cam = _token_gradcam(net, layer, x, target)
     else:
@@ -145,12 +146,16 @@ def _attribute(net: _Pixels, x: torch.Tensor, target: torch.Tensor, method: str)
 
 
 def explain(model: nn.Module, pixels: torch.Tensor, *, mean: float, std: float, method: str = "saliency",
-            target: int | None = None) -> Explanation:
-    """Attribution maps for uint8 pixels [N, C, S, S]: for class ``target``, or each image's predicted class."""
+            target: int | None = None, autocontrast: bool = False, temperature: float = 1.0) -> Explanation:
+    """Attribution maps for uint8 pixels [N, C, S, S]: for class ``target``, or each image's predicted class.
+
+    ``mean``, ``std`` and ``autocontrast`` are the card's preprocessing; probabilities are
+    softmax(logits / ``temperature``), as ``predict`` reports them.
+    """
     if method not in METHODS:
         raise ConfigError(f"unknown explanation method '{method}'", hint=f"choose one of {', '.join(METHODS)}")
     was_training = model.training
-    net = _Pixels(model.eval(), mean, std)
+    net = _Pixels(model.eval(), mean, std, autocontrast)
     x_all = pixels.float() / 255.0
     with torch.no_grad():
         logits = torch.cat([net(x_all[i:i + BATCH]) for i in range(0, len(x_all), BATCH)]).float()
@@ -167,7 +172,7 @@ def explain(model: nn.Module, pixels: torch.Tensor, *, mean: float, std: float, 
     finally:
         model.train(was_training)
     return Explanation(method=method, pixels=pixels.numpy(), attributions=torch.cat(parts).numpy(),
-                       probabilities=logits.softmax(1).numpy(), targets=targets.numpy())
+                       probabilities=(logits / temperature).softmax(1).numpy(), targets=targets.numpy())
 
 
 def top_classes(probabilities: np.ndarray, classes: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
@@ -294,7 +299,8 @@ def plot_explained_losses(explanation: Explanation, labels: np.ndarray, classes:
 
 def explain_images(model: nn.Module, *, mean: float, std: float, classes: list[str], names: list[str],
                    pixels: np.ndarray, originals: list[np.ndarray | None], out: Path, method: str = "saliency",
-                   target: int | None = None) -> list[dict[str, Any]]:
+                   target: int | None = None, autocontrast: bool = False,
+                   temperature: float = 1.0) -> list[dict[str, Any]]:
     """Explain prepared uint8 pixels [N, S, S] and write ``out/<name>.<method>.png`` for each plus
     ``out/grid.<method>.png``; one record per image (name, png, target, top 3 classes).
 
@@ -303,7 +309,8 @@ def explain_images(model: nn.Module, *, mean: float, std: float, classes: list[s
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))[:, None]  # [N, S, S] -> [N, 1, S, S]
-    result = explain(model, batch, mean=mean, std=std, method=method, target=target)
+    result = explain(model, batch, mean=mean, std=std, method=method, target=target, autocontrast=autocontrast,
+                     temperature=temperature)
     heat, top = result.heat(), top_classes(result.probabilities, classes)
     records, used = [], set()
     for i, name in enumerate(names):
@@ -322,8 +329,8 @@ def explain_images(model: nn.Module, *, mean: float, std: float, classes: list[s
 
 
 def explain_top_losses(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
-                       classes: list[str], path: Path, *, mean: float, std: float, n: int = 16,
-                       method: str = "integrated-gradients") -> bool:
+                       classes: list[str], path: Path, *, mean: float, std: float, autocontrast: bool = False,
+                       temperature: float = 1.0, n: int = 16, method: str = "integrated-gradients") -> bool:
     """Write the "top losses with their explanations" sheet for uint8 images [N, 1, S, S] and their
     logits; False (nothing written) when Captum is not installed."""
     import importlib.util
@@ -333,6 +340,7 @@ def explain_top_losses(model: nn.Module, images: torch.Tensor, logits: torch.Ten
     losses = F.cross_entropy(logits.float(), labels.long(), reduction="none")
     wrong = (logits.argmax(1) != labels).nonzero().flatten()
     order = wrong[losses[wrong].argsort(descending=True)][:n]  # the most confidently wrong first
-    result = explain(model, images[order], mean=mean, std=std, method=method)
+    result = explain(model, images[order], mean=mean, std=std, method=method, autocontrast=autocontrast,
+                     temperature=temperature)
     plot_explained_losses(result, labels[order].numpy(), classes, path)
     return True

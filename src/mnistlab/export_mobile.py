@@ -96,7 +96,7 @@ def export_executorch(net: torch.nn.Module, card: ModelCard, out: Path) -> Path:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    wrapper = PixelClassifier(net, card.preprocess.mean, card.preprocess.std).cpu().eval()
+    wrapper = PixelClassifier.from_card(net, card).cpu().eval()
     size, channels = card.preprocess.size, card.preprocess.channels
     # One image per call, the phone's case: with a dynamic batch, ExecuTorch 1.5's memory plan
     # refused inputs of more than 15 images whatever bound was declared.
@@ -121,7 +121,8 @@ def executorch_logits(path: Path, pixels: np.ndarray) -> np.ndarray:
 
 def _executorch_parity(net: torch.nn.Module, card: ModelCard, path: Path, pixels: torch.Tensor,
                        labels: torch.Tensor | None, source: str) -> Parity:
-    eager = predict_logits(net, pixels, mean=card.preprocess.mean, std=card.preprocess.std).numpy()
+    eager = predict_logits(net, pixels, mean=card.preprocess.mean, std=card.preprocess.std,
+                           autocontrast=card.preprocess.autocontrast).numpy()
     exported = executorch_logits(path, pixels.numpy())
     parity = Parity(images=len(pixels), source=source, max_logit_diff=float(np.abs(eager - exported).max()),
                     same_predictions=float((eager.argmax(1) == exported.argmax(1)).mean()))

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no image could be read", hint="give image files (png, jpg, ...) or folders holding them")
     records = explain_images(model, mean=predictor.mean, std=predictor.std, classes=predictor.classes,
                              names=names, pixels=np.stack(pixels), originals=originals, out=Path(args.out),
-                             method=args.method, target=target)
+                             method=args.method, target=target, autocontrast=predictor.autocontrast,
+                             temperature=predictor.temperature)
     for r in records:
         if args.json:
             print(json.dumps(r))

@@ -57,7 +57,8 @@ def add_explain_route(app: FastAPI, predictor: Predictor, settings: Settings, bo
 
         batch = torch.from_numpy(np.ascontiguousarray(pixels))[None, None]  # [S, S] -> [1, 1, S, S]
         with lock:
-            result = explain(model(), batch, mean=predictor.mean, std=predictor.std, method=method, target=target)
+            result = explain(model(), batch, mean=predictor.mean, std=predictor.std, method=method, target=target,
+                             autocontrast=predictor.autocontrast, temperature=predictor.temperature)
         t = int(result.targets[0])
         return {"method": method, "target": predictor.classes[t], "index": t,
                 "probability": float(result.probabilities[0, t]),

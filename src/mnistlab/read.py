@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from mnistlab.data.images import ImageSource, load_image
 from mnistlab.data.segment import Blob, StringImage, ink_image
@@ -259,14 +259,17 @@ def _choose_counts(per_blob: list[list[tuple[float, list]]], expect_length: int 
 
 
 def draw_reading(img: Image.Image, reading: Reading) -> Image.Image:
-    """The image in colour with each character's box and reading drawn on it."""
+    """The image in colour with each character's box and reading drawn on it (green: confidence
+    at least 0.9, red: less), and the whole reading along the bottom."""
     out = img.convert("RGB")
     draw = ImageDraw.Draw(out)
     width = max(1, round(max(out.size) / 300))
+    size = max(10, round(min(out.size[1] / 9, 40)))
+    font = ImageFont.load_default(size=size)
     for c in reading.chars:
         x0, y0, x1, y1 = c.box
         hue = (220, 40, 40) if c.confidence < 0.9 else (30, 140, 60)
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=hue, width=width)
-        draw.text((x0 + 1, max(0, y0 - 12 * width)), f"{c.char} {c.confidence:.2f}", fill=hue)
-    draw.text((2, out.size[1] - 12), f"{reading.text}  ({reading.confidence:.3f})", fill=(30, 30, 200))
+        draw.text((x0 + 2, max(0, y0 - size - 2)), f"{c.char} {c.confidence:.2f}", fill=hue, font=font)
+    draw.text((3, out.size[1] - size - 3), f"{reading.text}  ({reading.confidence:.3f})", fill=(30, 30, 200), font=font)
     return out

@@ -92,3 +92,14 @@ def test_ort_parity_on_the_mnist_test_set(real_data_dir, tmp_path, monkeypatch, 
     assert float_["same_predictions"] >= 0.999
     assert float_["accuracy_eager"] > 0.97
     assert int8["accuracy_eager"] - int8["accuracy_export"] <= 0.002
+
+
+def test_executorch_missing_is_one_line_naming_the_fix(synthetic_data, tmp_path, capsys, monkeypatch):
+    import mnistlab.export_mobile as mobile
+
+    monkeypatch.setattr(mobile, "executorch_available", lambda: "ModuleNotFoundError: No module named 'executorch'")
+    artifact = make_artifact(tmp_path / "art", arch="linear")
+    assert main(["export", str(artifact), "--format", "executorch", "--out", str(tmp_path / "m.pte")]) == 2
+    err = capsys.readouterr().err
+    assert "needs ExecuTorch" in err and "pip install" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.pte").exists()

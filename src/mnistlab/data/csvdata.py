@@ -26,6 +26,7 @@ from mnistlab.data.registry import MNIST_MEAN, MNIST_STD
 from mnistlab.errors import DataError
 
 PIXELS = 28 * 28
+MAX_CLASSES = 1000  # a label past this is a broken file, not a class: the class list would exhaust memory
 _ENCODING = "utf-8-sig"  # tolerate a byte-order mark from spreadsheet exports
 
 
@@ -88,6 +89,14 @@ def load_csv(path: Path, split: str, *, spec: str) -> ImageData:
     outside 0..255.
     """
     file = _resolve_file(path, split, spec)
+    try:
+        return _parse(file, split, spec)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{spec}: {file} is not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}); "
+                        "save it as a UTF-8 CSV") from None
+
+
+def _parse(file: Path, split: str, spec: str) -> ImageData:
     first = _first_line(file)
     if not first:
         raise DataError(f"{spec}: {file} is empty; it needs a header and one row per image")
@@ -113,6 +122,10 @@ def load_csv(path: Path, split: str, *, spec: str) -> ImageData:
     images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28))  # [N, 784] -> [N, 1, 28, 28]
     if labelled:
         labels = torch.from_numpy(rows[:, 0].astype(np.int64))
+        if int(labels.max()) >= MAX_CLASSES:
+            row = int(labels.argmax()) + 1 + skip
+            raise DataError(f"{spec}: {file}: line {row} has label {int(labels.max())}; labels are class numbers "
+                            f"0..{MAX_CLASSES - 1}; fix or remove that row")
         num_classes = max(10, int(labels.max()) + 1)
     else:
         labels = torch.full((rows.shape[0],), -1, dtype=torch.int64)

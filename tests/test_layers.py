@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                        "mnistlab.cv", "mnistlab.seeds", "mnistlab.assess")),
     ("training", ("mnistlab.train", "mnistlab.train_state", "mnistlab.evaluate", "mnistlab.checkpoint",
                   "mnistlab.artifact", "mnistlab.optim", "mnistlab.distributed", "mnistlab.device",
-                  "mnistlab.runs", "mnistlab.explain", "mnistlab.calibration")),
+                  "mnistlab.runs", "mnistlab.explain", "mnistlab.calibration", "mnistlab.finetune.semi")),
     ("fine-tuning", ("mnistlab.finetune.strategies",)),
     ("models", ("mnistlab.models",)),
     ("data", ("mnistlab.data",)),

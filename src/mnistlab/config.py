@@ -140,6 +140,25 @@ class SmallDataConfig:
     augment: AugmentConfig = field(default_factory=_small_set_augment)  # used when data.augment is all zero
 
 
+def _strong_augment() -> AugmentConfig:
+    return AugmentConfig(rotate=30.0, translate=0.2, scale=0.25, shear=20.0, erase=0.5)
+
+
+@dataclass
+class SemiConfig:
+    """Semi-supervised fine-tuning, FixMatch-style (``finetune.semi``; --unlabelled sets ``unlabelled``).
+
+    Each step adds ``ratio`` unlabelled images per labelled one; a weakly augmented view whose top
+    probability reaches ``threshold`` gives a pseudo-label that the strongly augmented view learns.
+    """
+
+    unlabelled: str | None = None  # dataset spec whose training images (labels never read) train too; None = off
+    threshold: float = 0.95  # confidence a pseudo-label needs (softmax probability of the weak view)
+    ratio: int = 7  # unlabelled images per labelled image in a step (FixMatch's mu)
+    weight: float = 1.0  # weight of the unlabelled loss beside the labelled one (FixMatch's lambda_u)
+    strong: AugmentConfig = field(default_factory=_strong_augment)  # the strong view; the weak one is data.augment
+
+
 @dataclass
 class FinetuneConfig:
     """How `mnistlab finetune` adapts a pretrained model (the CLI flags --strategy/--shots/--merge set these)."""
@@ -157,6 +176,7 @@ class FinetuneConfig:
     merge: bool = False  # lora: fold the adapters into plain weights in the saved artifact
     steps: int | None = None  # optimizer steps in all, overriding train.epochs; None = the recipe's epochs
     small: SmallDataConfig = field(default_factory=SmallDataConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)  # --unlabelled: FixMatch-style semi-supervised
 
 
 @dataclass
@@ -302,6 +322,7 @@ RANGES: dict[str, Range] = {
     "SmallDataConfig.patience": PROBABILITY,
     "FinetuneConfig.shots": Range(1), "FinetuneConfig.layer_lr_decay": POSITIVE, "FinetuneConfig.lora_rank": Range(1),
     "FinetuneConfig.lora_alpha": POSITIVE, "FinetuneConfig.steps": Range(1),
+    "SemiConfig.threshold": PROBABILITY, "SemiConfig.ratio": Range(1),
 }
 
 

@@ -70,6 +70,7 @@ class RunPlan:
     builder: ModelBuilder = build_from_registry
     splits: Splits | None = None  # None: make_splits(cfg); a test set of None is never evaluated
     prefix: str = "train"  # a new run directory is runs/<prefix>-<time>
+    fitter: Callable[..., FitResult] = fit  # the loop, called as `train.fit` is (semi-supervised: its own)
 
 
 def run_training(cfg: Config, *, out: str | Path | None = None, resume_dir: Path | None = None, quiet: bool = False,
@@ -105,9 +106,9 @@ def run_training(cfg: Config, *, out: str | Path | None = None, resume_dir: Path
             and getattr(built.model, "uses_batchnorm", False)):  # documented in docs/distributed.md
         print("  batch norm: per process on CPU (train.sync_batchnorm takes effect on CUDA)")
     with peer_errors():  # a peer that died ends this rank with one clear line, not a hang or a trace
-        result = fit(cfg, built.model, splits.train, splits.val, device=device, run_dir=run_dir,
-                     resume=resume_dir is not None, quiet=quiet, param_groups=built.param_groups,
-                     epoch_callback=epoch_callback, max_steps=DRY_RUN_STEPS if dry_run else None)
+        result = plan.fitter(cfg, built.model, splits.train, splits.val, device=device, run_dir=run_dir,
+                             resume=resume_dir is not None, quiet=quiet, param_groups=built.param_groups,
+                             epoch_callback=epoch_callback, max_steps=DRY_RUN_STEPS if dry_run else None)
     if built.finalize is not None:  # e.g. fold LoRA adapters into plain weights
         result.model = built.finalize(result.model)
     result.extra.update(built.summary or {})

@@ -33,7 +33,13 @@ need no tuning; these replace the recipe's settings (all are finetune.small.* ke
     fewer than 20 held-out images per class pick worse weights than the last ones
     (benchmarks/transfer.py measured it);
   - augmentation: rotate 10 degrees, translate 10%, scale 10% (unless data.augment is set).
-finetune.small.below=0 turns this off; finetune.steps=N sets the steps for any size."""
+finetune.small.below=0 turns this off; finetune.steps=N sets the steps for any size.
+
+semi-supervised (--unlabelled SPEC): each step also takes finetune.semi.ratio = 7 unlabelled
+images per labelled one; a weakly augmented view (data.augment) whose softmax reaches
+finetune.semi.threshold = 0.95 gives a pseudo-label that a strongly augmented view
+(finetune.semi.strong) is trained on (FixMatch). The unlabelled labels are never read, and any
+unlabelled image equal to a labelled one is dropped; summary.json records both sets."""
 
 EXAMPLES = """examples:
   mnistlab train --out runs/mnist                                        # pretrain on MNIST
@@ -46,6 +52,8 @@ EXAMPLES = """examples:
   mnistlab finetune runs/mnist --dataset fashion-mnist --strategy lora --merge --out runs/fashion-lora
   mnistlab finetune runs/mnist --dataset fashion-mnist --shots 10 --seeds 3 --quiet   # mean and std
   mnistlab finetune --resume runs/finetune-20260101-120000             # continue an interrupted run
+  mnistlab finetune runs/pretrain-cnn --dataset mnist --shots 10 --unlabelled mnist finetune-few-labels
+                                                    # semi-supervised: 100 labels, the other images unlabelled
 
 shipped recipes: finetune-default (used when none is given), finetune-fashion-{head,lora,full,partial},
 finetune-letters, finetune-digits. Overrides are dotted key=value pairs (finetune.*, optim.*, train.*, ...).
@@ -67,6 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, metavar="N", help="optimizer steps in all, instead of the recipe's epochs")
     p.add_argument("--merge", action="store_true", help="lora: save plain weights with the adapters folded in")
     p.add_argument("--reset-head", action="store_true", help="re-initialise the head even when the classes match")
+    p.add_argument("--unlabelled", metavar="SPEC",
+                   help="also learn from these images, labels ignored (FixMatch-style; finetune.semi.*)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted fine-tuning run where it stopped")
     add_run_options(p)
     add_common(p)
@@ -87,6 +97,8 @@ def build_config(args: argparse.Namespace):
         if value is not None:
             section, name = key.split(".")
             data.setdefault(section, {})[name] = value
+    if args.unlabelled:
+        data.setdefault("finetune", {}).setdefault("semi", {})["unlabelled"] = args.unlabelled
     if not data.get("data", {}).get("dataset"):
         raise ConfigError("no dataset to fine-tune on", hint="pass --dataset SPEC, e.g. --dataset fashion-mnist or folder:PATH")
     return config_from_dict(data)
@@ -98,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from mnistlab.finetune.run import finetune
 
     if args.resume:
-        if args.source or args.items or args.dataset or args.strategy or args.shots or args.merge:
+        if args.source or args.items or args.dataset or args.strategy or args.shots or args.merge or args.unlabelled:
             raise ConfigError("--resume takes no FROM, recipe, overrides or flags",
                               hint="a resumed run keeps its saved config.yaml, parent included")
         return resume_run(args, lambda cfg, run_dir: finetune(cfg, resume_dir=run_dir, quiet=args.quiet))

@@ -5,6 +5,9 @@
     model  = parent, head kept / replaced, strategy applied (full | head | partial | lora)
     run    = run_training(cfg, plan=RunPlan(prefix="finetune", ...)): run directory, artifact, resume as `train`
 
+With ``finetune.semi.unlabelled`` (--unlabelled SPEC) the loop is ``finetune.semi.fit_semi``
+(FixMatch-style), fed the unlabelled images only, with every labelled image taken out of them.
+
 Small training sets (fewer than ``finetune.small.below`` images) get settings that work
 without tuning: a held-out fraction for early stopping with best-weights restore, light
 augmentation, a fixed number of steps (epochs computed from them) and a small batch.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +26,11 @@ import torch
 from mnistlab.artifact import ModelCard, load_artifact, resolve_artifact
 from mnistlab.checkpoint import has_checkpoint, load_checkpoint
 from mnistlab.config import AugmentConfig, Config
-from mnistlab.data.dataset import ImageData, class_balanced_subset
+from mnistlab.data.dataset import ImageData, class_balanced_subset, load_dataset
 from mnistlab.device import resolve_device
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.evaluate import predict_logits
+from mnistlab.finetune.semi import fit_semi, keep_apart
 from mnistlab.finetune.strategies import (
     apply_depth,
     check_strategy,
@@ -41,6 +46,7 @@ from mnistlab.runner import Built, RunPlan, RunResult, run_training
 from mnistlab.splits import Splits, dry_run_slice, load_pool, make_splits
 
 DRY_RUN_EPOCHS = 2  # --dry-run: at most this many (capped) epochs
+DRY_RUN_UNLABELLED = 256  # --dry-run: unlabelled images kept
 
 
 @dataclass
@@ -162,6 +168,27 @@ def adapt_head(model: torch.nn.Module, parent_classes: list[str], classes: list[
     return f"replaced ({len(shared)} of {len(classes)} classes from the parent)"
 
 
+def unlabelled_images(cfg: Config, splits: Splits, summary: dict[str, Any], *, dry_run: bool = False,
+                      progress: bool = True) -> torch.Tensor:
+    """The uint8 images of ``finetune.semi.unlabelled``'s training split, with the labelled ones taken out.
+
+    Only the images leave this function, so semi-supervised training cannot read the unlabelled
+    labels; ``summary`` records both sets (spec, count, how many overlapping images were dropped).
+    """
+    spec = cfg.finetune.semi.unlabelled
+    pool = load_dataset(spec, "train", data_dir=cfg.data.data_dir, progress=progress).images
+    if tuple(pool.shape[1:]) != tuple(splits.train.images.shape[1:]):
+        raise DataError(f"--unlabelled {spec} has images of shape {tuple(pool.shape[1:])} but the labelled ones are "
+                        f"{tuple(splits.train.images.shape[1:])}", hint="give unlabelled images of the same size and channels")
+    images, dropped = keep_apart(pool, splits.train, splits.val)
+    if dry_run:
+        images = images[:DRY_RUN_UNLABELLED]
+    summary.update(unlabelled={"spec": spec, "images": len(images), "dropped_as_labelled": dropped},
+                   labelled={"spec": cfg.data.dataset, "train_images": len(splits.train),
+                             "val_images": len(splits.val) if splits.val is not None else 0})
+    return images
+
+
 class _Plan:
     """The model builder for `run_training` plus the per-epoch unfreezing that goes with it."""
 
@@ -235,9 +262,12 @@ def finetune(cfg: Config, *, out: str | Path | None = None, resume_dir: str | Pa
     done = int(load_checkpoint(Path(resume_dir))["epoch"]) if resume_dir is not None and has_checkpoint(resume_dir) else 0
     unfreeze = _Plan(parent, summary, done_epochs=done,
                      gradual=ft.gradual_unfreeze if ft.strategy in ("full", "partial") else 0)
+    plan = RunPlan(builder=unfreeze.build, splits=splits, prefix="finetune")
+    if ft.semi.unlabelled:
+        plan = replace(plan, fitter=partial(fit_semi, unlabelled_images(cfg, splits, summary, dry_run=dry_run,
+                                                                        progress=not quiet)))
     result = run_training(cfg, out=out, resume_dir=Path(resume_dir) if resume_dir is not None else None, quiet=quiet,
-                          dry_run=dry_run, epoch_callback=unfreeze.epoch_done,
-                          plan=RunPlan(builder=unfreeze.build, splits=splits, prefix="finetune"))
+                          dry_run=dry_run, epoch_callback=unfreeze.epoch_done, plan=plan)
     if not quiet and result.summary and result.summary.get("parent_test_accuracy") is not None:
         s = result.summary
         print(f"parent on this test set {s['parent_test_accuracy']:.4f} -> fine-tuned {s['test_accuracy']:.4f}")

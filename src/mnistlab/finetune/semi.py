@@ -1,0 +1,131 @@
+"""Semi-supervised fine-tuning, FixMatch-style (Sohn et al. 2020): few labelled images, many unlabelled ones.
+
+Each step takes a labelled batch of B images and an unlabelled batch of ``ratio * B``:
+
+    loss = CE(f(weak(x)), y) + weight * mean_u[ 1{max p_u >= threshold} * CE(f(strong(u)), argmax p_u) ]
+    p_u  = softmax(f(weak(u)))          (no gradient: the pseudo-label)
+
+All three views go through one forward pass, so BatchNorm sees them together. Augmentation is
+``data.augment`` for the weak views and ``finetune.semi.strong`` for the strong one, batched on
+the device (:func:`mnistlab.data.augment.augment_batch`). The unlabelled set enters as images only:
+its labels never reach this module. Every draw of an epoch is seeded from (seed, epoch), and the
+checkpoint after each epoch holds the rest (:class:`TrainState`), so a resume is exact.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mnistlab.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from mnistlab.config import Config
+from mnistlab.data.augment import augment_batch
+from mnistlab.data.imagedata import ImageData, normalize
+from mnistlab.device import world
+from mnistlab.errors import ConfigError, DataError
+from mnistlab.optim import Schedule, build_optimizer
+from mnistlab.train import EpochCallback, FitResult, _epoch_draws, _EpochLog, place_model, validate
+from mnistlab.train_state import EMA, Tracker, TrainState
+
+
+def keep_apart(unlabelled: torch.Tensor, *labelled: ImageData | None) -> tuple[torch.Tensor, int]:
+    """``unlabelled`` uint8 images ``[N, C, H, W]`` without any image equal to a labelled one; and how many went.
+
+    Pixel-exact, so the labelled images (train and validation) never train a second time
+    as unlabelled ones, whatever spec each set came from.
+    """
+    seen = {bytes(img.numpy().tobytes()) for d in labelled if d is not None for img in d.images}
+    keep = torch.tensor([bytes(img.numpy().tobytes()) not in seen for img in unlabelled], dtype=torch.bool)
+    if not bool(keep.any()):
+        raise DataError("every unlabelled image is also a labelled one",
+                        hint="give --unlabelled images apart from the labelled ones, e.g. --shots K from the same dataset")
+    return unlabelled[keep], int((~keep).sum())
+
+
+def semi_loss(logits_x: torch.Tensor, y: torch.Tensor, logits_weak: torch.Tensor, logits_strong: torch.Tensor, *,
+              threshold: float, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's loss from the three views' logits; and the share of unlabelled images above ``threshold``."""
+    supervised = F.cross_entropy(logits_x.float(), y)
+    with torch.no_grad():
+        confidence, pseudo = F.softmax(logits_weak.detach().float(), dim=1).max(dim=1)
+        mask = (confidence >= threshold).float()
+    unsupervised = (F.cross_entropy(logits_strong.float(), pseudo, reduction="none") * mask).mean()
+    return supervised + weight * unsupervised, mask.mean()
+
+
+def fit_semi(unlabelled: torch.Tensor, cfg: Config, model: torch.nn.Module, train_data: ImageData,
+             val_data: ImageData | None, *, device: torch.device, run_dir: Any = None, resume: bool = False,
+             quiet: bool = False, param_groups: list[dict[str, Any]] | None = None,
+             epoch_callback: EpochCallback | None = None, max_steps: int | None = None) -> FitResult:
+    """Train ``model`` on labelled ``train_data`` and the uint8 images ``unlabelled`` (called as ``train.fit`` is).
+
+    One process only; checkpoints at every epoch's end.
+    """
+    if world()[1] > 1:
+        raise ConfigError("semi-supervised fine-tuning runs in one process", hint="run it without torchrun / --nproc")
+    sc, tc, n = cfg.finetune.semi, cfg.train, len(train_data)
+    placed = place_model(model, tc, device, 1)
+    batch = min(tc.batch_size, n)
+    steps = n // batch if max_steps is None else min(n // batch, max_steps)
+    groups = param_groups if param_groups is not None else [{"params": [p for p in placed.base.parameters() if p.requires_grad]}]
+    optimizer = build_optimizer(groups, cfg.optim)
+    ema = EMA(placed.base, tc.ema) if tc.ema > 0 else None
+    state = TrainState(placed.base, optimizer, Schedule(optimizer, cfg.schedule, steps, tc.epochs), ema,
+                       Tracker(tc.early_stop_metric))
+    if resume and run_dir is not None and has_checkpoint(run_dir):
+        state.load_state_dict(load_checkpoint(run_dir, map_location=device))
+    images, labels, pool = train_data.images.to(device), train_data.labels.to(device), unlabelled.to(device)
+    mean, std, auto = train_data.mean, train_data.std, cfg.data.autocontrast
+    log = _EpochLog(run_dir, tc.epochs, quiet)
+    if resume:
+        log.restart(state.history)
+    stopped_early = False
+    for epoch in range(state.epoch, tc.epochs):
+        if state.tracker.bad_epochs >= tc.early_stop_patience > 0:
+            stopped_early = True
+            break
+        perm, gen = _epoch_draws(cfg.seed, epoch, 0, n, device)
+        placed.run.train()
+        t0 = time.perf_counter()
+        sums = torch.zeros(3, device=device)  # loss, labelled hits, confident share: summed over steps
+        for i in range(steps):
+            idx = perm[i * batch:(i + 1) * batch]
+            u = pool[torch.randint(len(pool), (sc.ratio * batch,), device=device, generator=gen)].float().div_(255)
+            x = images[idx].float().div_(255)  # uint8 [B,C,H,W] -> float in [0, 1]
+            views = [augment_batch(v, a, generator=gen) for v, a in ((x, cfg.data.augment), (u, cfg.data.augment),
+                                                                      (u, sc.strong))]
+            both = normalize(torch.cat(views), mean, std, auto)  # [B + 2 * ratio * B, C, H, W]
+            state.schedule.set_step(state.step)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                logits = placed.run(both)
+            lx, lw, ls = logits.split([len(x), len(u), len(u)])
+            loss, confident = semi_loss(lx, labels[idx], lw, ls, threshold=sc.threshold, weight=sc.weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update(state.model, state.step)
+            state.step += 1
+            sums += torch.stack([loss.detach(), (lx.detach().argmax(1) == labels[idx]).float().mean(), confident])
+        seconds = time.perf_counter() - t0
+        state.elapsed += seconds
+        mean_of = (sums / max(1, steps)).tolist()
+        row = {"epoch": epoch + 1, "train_loss": mean_of[0], "train_acc": mean_of[1], "val_loss": None,
+               "val_acc": None, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+               "images_per_s": round(steps * batch * (1 + 2 * sc.ratio) / max(seconds, 1e-9), 1),
+               "confident": mean_of[2]}
+        row.update(validate(state.weights, val_data, mean, std, tc, device, autocontrast=auto))
+        state.end_epoch(row)
+        log.write(row)
+        if run_dir is not None:
+            save_checkpoint(run_dir, state.state_dict())
+        if epoch_callback is not None:
+            epoch_callback(row)
+    log.close()
+    return FitResult(state.final_weights(tc.restore_best), state.history, state.elapsed, len(state.history),
+                     state.tracker.best_epoch or len(state.history), stopped_early)

@@ -17,6 +17,12 @@ the last byte of its answer. Non-200 answers count as errors.
 
     python benchmarks/serve.py --model runs/train-20260101-120000        # about 6 minutes
     python benchmarks/serve.py --model RUN --duration 2 --rounds 1 --concurrency 1 64   # a quick look
+    python benchmarks/serve.py --model RUN --soak 600 --concurrency 64 --workers 1 --only torch   # soak
+
+``--soak SECONDS`` instead loads one server (the first of --only and --workers) at the first
+concurrency level for that long, in slices of ``--slice`` seconds, and reports req/s, p50/p99
+and errors per slice and overall, and the server's resident memory (all its processes) at the
+start, after every slice and at the end: whether memory levels off under sustained load.
 
 Last run (2026-11-30; 2-core AMD EPYC VM, otherwise idle; torch 2.13.0, onnxruntime 1.32.0): at
 concurrency 64 with 2 workers, `mnistlab serve model.onnx` 6,194 req/s (p50 10.2 ms, p99 17.5 ms),
@@ -95,6 +101,18 @@ async def _client(port: int, request: bytes, stop_at: float, measure_from: float
         writer.close()
 
 
+# latency histogram bins (ms, log-spaced, 0.01 ms to 100 s): slices of a soak add up to exact-to-a-bin percentiles
+HIST_EDGES = np.logspace(-2, 5, 1401)
+
+
+def percentile_of_histogram(counts: np.ndarray, q: float) -> float | None:
+    """The ``q``-th percentile (ms) of latencies binned on HIST_EDGES (the upper edge of its bin)."""
+    total = counts.sum()
+    if not total:
+        return None
+    return float(HIST_EDGES[1:][np.searchsorted(np.cumsum(counts), q / 100 * total)])
+
+
 async def _load(port: int, request: bytes, concurrency: int, warmup: float, duration: float) -> dict:
     now = time.perf_counter()
     measure_from, stop_at = now + warmup, now + warmup + duration
@@ -107,6 +125,7 @@ async def _load(port: int, request: bytes, concurrency: int, warmup: float, dura
         "rps": len(lat) / duration,
         "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        "histogram": np.histogram(lat, bins=HIST_EDGES)[0].tolist(),
     }
 
 
@@ -121,6 +140,8 @@ def loadgen_main(args: argparse.Namespace) -> None:
     request = (f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     result = asyncio.run(_load(args.port, request, args.concurrency[0], args.warmup, args.duration))
+    if not args.histogram:
+        result.pop("histogram")
     print(json.dumps(result))
 
 
@@ -198,6 +219,19 @@ class Server:
                 total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
         return total / os.sysconf("SC_CLK_TCK")
 
+    def rss_mb(self) -> float:
+        """Resident memory (MB) of the server's processes, summed (its session: workers included)."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[3]) != self.proc.pid:
+                    continue
+                status = (stat.parent / "status").read_text()
+            except (OSError, IndexError, ValueError):
+                continue
+            total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        return total / 1024
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
@@ -207,11 +241,14 @@ class Server:
             os.killpg(self.proc.pid, 9)
 
 
-def load_once(port: int, body_file: Path, concurrency: int, args) -> dict:
-    """One load-generator run against ``port``: requests/s, p50, p99, errors."""
+def load_once(port: int, body_file: Path, concurrency: int, args, *, duration: float | None = None,
+              warmup: float | None = None, histogram: bool = False) -> dict:
+    """One load-generator run against ``port``: requests/s, p50, p99, errors (and the latency histogram)."""
+    duration = args.duration if duration is None else duration
+    warmup = args.warmup if warmup is None else warmup
     out = subprocess.run([sys.executable, __file__, "--loadgen", "--port", str(port), "--body", str(body_file),
-                          "--concurrency", str(concurrency), "--duration", str(args.duration), "--warmup", str(args.warmup)],
-                         capture_output=True, text=True, timeout=args.duration + args.warmup + 60)
+                          "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup)]
+                         + ["--histogram"] * histogram, capture_output=True, text=True, timeout=duration + warmup + 60)
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr.strip()[-500:]}")
     return json.loads(out.stdout)
@@ -245,6 +282,33 @@ def bench(servers: list[Server], body_file: Path, args) -> list[dict]:
                   f"  p50 {fmt(row['p50_ms'])} ms  p99 {fmt(row['p99_ms'])} ms  server CPU {row['cpu_ms']:.2f} ms/request"
                   f"  errors {row['errors']}", flush=True)
     return rows
+
+
+def soak(server: Server, body_file: Path, args) -> dict:
+    """Load ``server`` for ``args.soak`` seconds at ``args.concurrency[0]`` connections, in slices; memory over time."""
+    c, start_rss, t0 = args.concurrency[0], server.rss_mb(), time.monotonic()
+    counts, slices, errors = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64), [], 0
+    print(f"  {'t (s)':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'RSS MB':>7}", flush=True)
+    print(f"  {0:>6.0f} {'':>8} {'':>7} {'':>7} {'':>6} {start_rss:>7.1f}", flush=True)
+    while (left := args.soak - (time.monotonic() - t0)) > 1:
+        run = load_once(server.port, body_file, c, args, duration=min(args.slice, left), warmup=0.0 if slices else args.warmup,
+                        histogram=True)
+        counts += np.asarray(run.pop("histogram"))
+        errors += run["errors"]
+        run.update(t=round(time.monotonic() - t0, 1), rss_mb=round(server.rss_mb(), 1))
+        slices.append(run)
+        print(f"  {run['t']:>6.0f} {run['rps']:>8.0f} {fmt(run['p50_ms']):>7} {fmt(run['p99_ms']):>7} {run['errors']:>6} "
+              f"{run['rss_mb']:>7.1f}", flush=True)
+    seconds = sum(r["requests"] / r["rps"] for r in slices if r["rps"])
+    result = {"server": server.name, "concurrency": c, "seconds": round(seconds, 1), "requests": int(counts.sum()),
+              "errors": errors, "rps": counts.sum() / max(seconds, 1e-9), "p50_ms": percentile_of_histogram(counts, 50),
+              "p99_ms": percentile_of_histogram(counts, 99), "rss_start_mb": round(start_rss, 1),
+              "rss_end_mb": round(server.rss_mb(), 1), "rss_max_mb": max(r["rss_mb"] for r in slices), "slices": slices}
+    print(f"\n  {server.name}, {c} connections, {result['seconds']:.0f} s measured: {result['rps']:,.0f} req/s, "
+          f"p50 {fmt(result['p50_ms'])} ms, p99 {fmt(result['p99_ms'])} ms, {errors} errors; server RSS "
+          f"{result['rss_start_mb']:.1f} MB at the start, {result['rss_end_mb']:.1f} MB at the end "
+          f"(max {result['rss_max_mb']:.1f})")
+    return result
 
 
 def fmt(v: float | None) -> str:
@@ -315,12 +379,15 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--only", nargs="+", choices=["torch", "onnx", "flask"], default=["torch", "onnx", "flask"])
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--soak", type=float, metavar="SECONDS", help="load one server this long; report memory over time")
+    p.add_argument("--slice", type=float, default=30.0, help="soak: seconds per reported slice")
     # internal: the load generator and the baseline run as their own processes
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--flask", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--body", help=argparse.SUPPRESS)
     p.add_argument("--path", default="/predict", help=argparse.SUPPRESS)
+    p.add_argument("--histogram", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.loadgen:
         return loadgen_main(args)
@@ -339,7 +406,8 @@ def main() -> None:
 
         print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
               f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
-        print(f"# model: {note}; request: {source}, {len(png)} bytes, multipart; {args.duration:g} s per level")
+        length = f"soak of {args.soak:g} s in {args.slice:g} s slices" if args.soak else f"{args.duration:g} s per level"
+        print(f"# model: {note}; request: {source}, {len(png)} bytes, multipart; {length}")
         serve = [sys.executable, "-m", "mnistlab", "serve"]
         servers = []
         for w in args.workers:
@@ -347,12 +415,19 @@ def main() -> None:
                 servers.append((f"mnistlab torch, {w} worker{'s' * (w > 1)}", serve + [str(artifact), "--workers", str(w)]))
             if "onnx" in args.only:
                 servers.append((f"mnistlab onnx, {w} worker{'s' * (w > 1)}", serve + [str(onnx_file), "--workers", str(w)]))
-        if "flask" in args.only:
+        if args.soak:
+            servers = servers[:1]
+        elif "flask" in args.only:
             servers.append(("Flask baseline (tutorial)", [sys.executable, __file__, "--flask", "--model", str(artifact)]))
         started = [Server(name, cmd, tmp) for name, cmd in servers]
         try:
             for server in started:
                 server.wait_ready()
+            if args.soak:
+                result = soak(started[0], body_file, args)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+                return
             rows = bench(started, body_file, args)
         finally:
             for server in started:

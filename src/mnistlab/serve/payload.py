@@ -58,8 +58,9 @@ def bool_param(params: Mapping[str, str], name: str, default: bool = False) -> b
 
 
 def _shown(raw: str, limit: int = 40) -> str:
-    """A client's value quoted for an error message, cut to ``limit`` characters."""
-    return repr(raw if len(raw) <= limit else raw[:limit] + "...")
+    """A client's value quoted for an error message, at most ``limit`` characters of its repr."""
+    text = repr(raw)
+    return text if len(text) <= limit + 2 else text[:limit] + "..."
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -21,7 +21,7 @@
   let drawing = false;
   let last = null;
   let hasInk = false;
-  let generation = 0; // bumped by Clear so a late answer for an old drawing is dropped
+  let generation = 0; // bumped by Clear and by every new stroke: an answer for an older drawing is dropped
   let timer = null;
 
   function setStatus(text, isError = false) {
@@ -115,6 +115,9 @@
 
   pad.addEventListener("pointerdown", (event) => {
     event.preventDefault();
+    clearTimeout(timer);
+    generation += 1;
+    panel.dataset.state = "drawing";
     pad.setPointerCapture(event.pointerId);
     drawing = true;
     last = point(event);

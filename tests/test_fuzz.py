@@ -61,7 +61,7 @@ IDX_DTYPES = st.sampled_from(["u1", "i1", ">i2", ">i4", ">f4", ">f8"])
 def idx_files(draw) -> bytes:
     """Bytes that start like an IDX file (or a gzip of one) and then go wrong in any way."""
     code = draw(st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, draw(st.integers(0, 255))]))
-    dims = draw(st.lists(st.integers(0, 70_000), min_size=0, max_size=4))
+    dims = draw(st.lists(st.integers(0, 70_000) | st.integers(0, 2**32 - 1), min_size=0, max_size=8))
     head = bytes([0, 0, code, draw(st.sampled_from([len(dims), draw(st.integers(0, 255))]))])
     head += np.asarray(dims, dtype=">u4").tobytes()
     body = draw(st.binary(max_size=3000))
@@ -85,6 +85,11 @@ def _idx_never_crashes(data: bytes) -> None:
 
 
 test_idx_reader_never_crashes, test_idx_reader_never_crashes_long = both(idx_files())(_idx_never_crashes)
+
+
+def test_idx_header_with_a_zero_and_huge_dimensions_is_a_data_error():
+    # found by atheris: numpy refuses the shape (ValueError) even though it holds no element
+    _idx_never_crashes(bytes([0, 0, 8, 4]) + np.asarray([2**32 - 1, 2**32 - 1, 2**31, 0], dtype=">u4").tobytes())
 
 
 @st.composite

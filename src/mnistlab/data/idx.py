@@ -120,6 +120,8 @@ def _check_declared_size(path: Path, dtype: np.dtype, shape: tuple[int, ...], he
     if expected > capacity:
         raise DataError(f"{path} is truncated: shape {shape} needs {expected} data bytes, more than the file "
                         f"can hold: {_REFETCH}")
+    if np.prod([d for d in shape if d], dtype=np.float64) * dtype.itemsize >= 2**62:  # e.g. a 0 among huge sizes: numpy refuses it
+        raise DataError(f"{path} is corrupt: its header declares an impossible shape {shape}: {_REFETCH}")
 
 
 def _read_exact(f, buffer: memoryview) -> int:

@@ -179,6 +179,23 @@ class FinetuneConfig:
     semi: SemiConfig = field(default_factory=SemiConfig)  # --unlabelled: FixMatch-style semi-supervised
 
 
+def _pretrain_augment() -> AugmentConfig:
+    return AugmentConfig(rotate=20.0, translate=0.15, scale=0.25, shear=15.0, erase=0.3)
+
+
+@dataclass
+class PretrainConfig:
+    """Self-supervised pretraining (`mnistlab pretrain`): the dataset's labels are never read while it trains."""
+
+    objective: str = "simclr"  # simclr: two augmented views of each image, NT-Xent contrastive loss
+    temperature: float = 0.2  # NT-Xent softmax temperature
+    projection_dim: int = 64  # width of the projection head's output (dropped after pretraining)
+    projection_hidden: int = 256  # width of its hidden layer
+    augment: AugmentConfig = field(default_factory=_pretrain_augment)  # how each view is drawn
+    probe_images: int = 10000  # labelled training images the linear probe fits on afterwards; 0 = no probe
+    probe_steps: int = 300  # full-batch steps of the linear probe (off the clock)
+
+
 @dataclass
 class Config:
     seed: int = 0
@@ -189,6 +206,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # read by `mnistlab finetune`
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # read by `mnistlab pretrain`
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -323,6 +341,8 @@ RANGES: dict[str, Range] = {
     "FinetuneConfig.shots": Range(1), "FinetuneConfig.layer_lr_decay": POSITIVE, "FinetuneConfig.lora_rank": Range(1),
     "FinetuneConfig.lora_alpha": POSITIVE, "FinetuneConfig.steps": Range(1),
     "SemiConfig.threshold": PROBABILITY, "SemiConfig.ratio": Range(1),
+    "PretrainConfig.temperature": POSITIVE, "PretrainConfig.projection_dim": Range(1),
+    "PretrainConfig.projection_hidden": Range(1), "PretrainConfig.probe_steps": Range(1),
 }
 
 

@@ -23,6 +23,7 @@ VERBS = [
     "train_cmd",
     "eval_cmd",
     "finetune_cmd",
+    "pretrain_cmd",
     "predict_cmd",
     "read_cmd",
     "export_cmd",

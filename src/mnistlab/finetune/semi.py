@@ -20,13 +20,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mnistlab.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from mnistlab.checkpoint import has_checkpoint, load_checkpoint
 from mnistlab.config import Config
 from mnistlab.data.augment import augment_batch
 from mnistlab.data.imagedata import ImageData, normalize
 from mnistlab.device import world
 from mnistlab.errors import ConfigError, DataError
 from mnistlab.optim import Schedule, build_optimizer
+from mnistlab.ssl import close_epoch, epoch_row
 from mnistlab.train import EpochCallback, FitResult, _epoch_draws, _EpochLog, place_model, validate
 from mnistlab.train_state import EMA, Tracker, TrainState
 
@@ -115,17 +116,10 @@ def fit_semi(unlabelled: torch.Tensor, cfg: Config, model: torch.nn.Module, trai
         seconds = time.perf_counter() - t0
         state.elapsed += seconds
         mean_of = (sums / max(1, steps)).tolist()
-        row = {"epoch": epoch + 1, "train_loss": mean_of[0], "train_acc": mean_of[1], "val_loss": None,
-               "val_acc": None, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
-               "images_per_s": round(steps * batch * (1 + 2 * sc.ratio) / max(seconds, 1e-9), 1),
-               "confident": mean_of[2]}
+        row = epoch_row(epoch + 1, mean_of[0], mean_of[1], optimizer, seconds, steps * batch * (1 + 2 * sc.ratio))
+        row["confident"] = mean_of[2]  # share of unlabelled images above the threshold
         row.update(validate(state.weights, val_data, mean, std, tc, device, autocontrast=auto))
-        state.end_epoch(row)
-        log.write(row)
-        if run_dir is not None:
-            save_checkpoint(run_dir, state.state_dict())
-        if epoch_callback is not None:
-            epoch_callback(row)
+        close_epoch(state, row, log, run_dir, epoch_callback)
     log.close()
     return FitResult(state.final_weights(tc.restore_best), state.history, state.elapsed, len(state.history),
                      state.tracker.best_epoch or len(state.history), stopped_early)

@@ -22,7 +22,7 @@ from mnistlab.serve import Settings, create_app  # noqa: E402
 
 FAST_EXAMPLES = int(os.environ.get("MNISTLAB_FUZZ_EXAMPLES", "25"))
 SLOW_EXAMPLES = 400
-OPERATIONS = ["GET /health", "GET /model", "POST /predict", "POST /predict/batch"]
+OPERATIONS = ["GET /health", "GET /model", "POST /predict", "POST /predict/batch", "POST /read", "POST /explain"]
 # (operation, mode): invalid requests only where there is something to get wrong (the GETs take no input)
 CASES = [(op, GenerationMode.POSITIVE) for op in OPERATIONS] + [
     (op, GenerationMode.NEGATIVE) for op in OPERATIONS if op.startswith("POST")]

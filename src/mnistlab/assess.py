@@ -107,6 +107,7 @@ def evaluate_run(model: str | Path, *, split: str = "test", dataset: str | None 
     report = report_from_logits(logits, data.labels, data.classes, card.temperature)
     robust = None
     if robustness is not None:
+        classify = card_classifier(net, card, cfg, batch_size, fast=True)
         robust = robustness_table({"model": classify}, data.images, data.labels, robustness)["model"]
     if plots is not None:
         out = Path(plots)
@@ -126,12 +127,15 @@ def evaluate_run(model: str | Path, *, split: str = "test", dataset: str | None 
 Classifier = Callable[[torch.Tensor], torch.Tensor]  # uint8 images [N, C, H, W] -> logits float [N, classes]
 
 
-def card_classifier(net: torch.nn.Module, card: ModelCard, cfg: Config, batch_size: int | None = None) -> Classifier:
+def card_classifier(net: torch.nn.Module, card: ModelCard, cfg: Config, batch_size: int | None = None,
+                    fast: bool = False) -> Classifier:
     """The evaluation path of a loaded artifact as one function: its preprocessing, the recipe's test-time augmentation.
 
-    Channels-last batches of :data:`CPU_BATCH` run several times faster on a CPU than the default layout.
+    ``fast``: channels-last batches of :data:`CPU_BATCH`, several times faster on a CPU than the
+    default layout (``net`` is converted in place), for the many passes of the corruption battery.
+    The plain path is exactly the one training's test evaluation takes.
     """
-    cpu_fast = next(net.parameters()).device.type == "cpu"
+    cpu_fast = fast and next(net.parameters()).device.type == "cpu"
     if cpu_fast:
         net = net.to(memory_format=torch.channels_last)
 

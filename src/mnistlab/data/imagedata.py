@@ -56,6 +56,7 @@ def normalize(x: torch.Tensor, mean: float, std: float, autocontrast: bool = Fal
 
 
 AUTOCONTRAST_MIN_RANGE = 1.0 / 255  # an image flatter than one grey level is left as it is (no division by ~0)
+POLARITY_MARGIN = 0.5  # of an image's range: uneven paper (fog) or inverted side bands are not a negative
 PAPER_QUANTILE = 0.3  # share of the pixels taken to be paper at least (below 1/2: a band of inverted columns is not paper)
 
 
@@ -65,8 +66,8 @@ def stretch_contrast(x: torch.Tensor) -> torch.Tensor:
     Most of a digit image is paper, so the paper's grey level is the 30% quantile of the pixels
     counted from the dark end for ink-on-paper, from the bright end for dark-on-light. An image is
     dark-on-light when its bright quantile sits nearer its brightest pixel than its dark quantile
-    sits to its darkest; it is turned over first (what ``data.images.preprocess_image`` does to
-    real images). Then (x - paper) / (ink - paper), clamped to [0, 1]: grey or uneven paper goes
+    sits to its darkest, by more than half its range; it is turned over first (what
+    ``data.images.preprocess_image`` does to real images). Then (x - paper) / (ink - paper), clamped to [0, 1]: grey or uneven paper goes
     black, faint ink turns full. A clean MNIST image (paper 0, brightest ink 1) passes unchanged.
     Every operation exports to ONNX.
     """
@@ -76,7 +77,8 @@ def stretch_contrast(x: torch.Tensor) -> torch.Tensor:
     k = int(PAPER_QUANTILE * (sample.shape[1] - 1)) + 1
     dark_paper = sample.topk(k, dim=1, largest=False).values[:, -1]
     bright_paper = sample.topk(k, dim=1, largest=True).values[:, -1]
-    dark_on_light = (hi - bright_paper) < (dark_paper - lo)
+    # turned over only on clear evidence: the dark quantile far above the darkest pixel, the bright one at the brightest
+    dark_on_light = (dark_paper - lo) - (hi - bright_paper) > POLARITY_MARGIN * (hi - lo)
     flat = torch.where(dark_on_light.unsqueeze(1), 1 - flat, flat)
     paper = torch.where(dark_on_light, 1 - bright_paper, dark_paper).unsqueeze(1)
     ink = torch.where(dark_on_light, 1 - lo, hi).unsqueeze(1)

@@ -201,7 +201,7 @@ def test_flags_override_the_recipe_and_overrides_may_follow_flags(parent, capsys
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--dataset", "fashion-mnist", "--shots", "0"], ["--shots", "at least 1"]),
+    (["--dataset", "fashion-mnist", "--shots", "0"], ["finetune.shots", "at least 1"]),  # --shots sets finetune.shots
     (["--dataset", "fashion-mnist", "--merge"], ["--merge", "lora"]),
     (["finetune.strategy=best", "--dataset", "mnist"], ["strategy 'best'", "full, head, partial, lora"]),
     ([], ["no dataset", "--dataset"]),

@@ -58,6 +58,18 @@ def test_new_classes_replace_the_head_record_the_parent_and_eval_agrees(parent, 
     assert code == 0 and json.loads(out)["accuracy"] == pytest.approx(s["test_accuracy"], abs=1e-9)
 
 
+def test_the_child_keeps_the_parents_contrast_stretch(parent, capsys):
+    card = json.loads(Path(parent, "model.json").read_text())
+    card["preprocess"]["autocontrast"] = True
+    Path(parent, "model.json").write_text(json.dumps(card))
+    code, _, _ = _cli(capsys, "finetune", str(parent), "--dataset", "mnist", "--shots", "3", "--out", "ft",
+                      "--quiet", *QUICK)
+    assert code == 0
+    _, child = load_artifact("ft")
+    assert child.preprocess.autocontrast is True  # the backbone's input, even though the recipe left it off
+    assert load_config("ft/config.yaml").data.autocontrast is True
+
+
 def test_same_classes_keep_the_head_and_report_before_and_after(parent, capsys):
     code, out, _ = _cli(capsys, "finetune", str(parent), "--dataset", "mnist", "--strategy", "head", "--out", "ft",
                         "--quiet", "--json", *QUICK, "finetune.small.steps=30", "optim.lr=0.01")

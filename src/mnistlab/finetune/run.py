@@ -1,7 +1,7 @@
 """Fine-tuning end to end: a pretrained run or artifact -> new data (and classes) -> a new run.
 
     parent = load_artifact(FROM)
-    data   = the new dataset [K shots per class], normalised with the parent's mean and std
+    data   = the new dataset [K shots per class], normalised as the parent was (mean, std, contrast stretch)
     model  = parent, head kept / replaced, strategy applied (full | head | partial | lora)
     run    = run_training(cfg, plan=RunPlan(prefix="finetune", ...)): run directory, artifact, resume as `train`
 
@@ -141,7 +141,8 @@ def parent_accuracy(parent: Parent, test: ImageData | None, cfg: Config) -> floa
     """The parent's accuracy on the new test set, when it predicts the same classes (else None)."""
     if test is None or test.classes != parent.card.classes:
         return None
-    logits = predict_logits(parent.model, test.images, mean=parent.card.preprocess.mean, std=parent.card.preprocess.std,
+    pre = parent.card.preprocess
+    logits = predict_logits(parent.model, test.images, mean=pre.mean, std=pre.std, autocontrast=pre.autocontrast,
                             batch_size=cfg.train.eval_batch_size, device=resolve_device(cfg.device))
     parent.model.train()
     return (logits.argmax(1) == test.labels).sum().item() / len(test)
@@ -256,7 +257,8 @@ def finetune(cfg: Config, *, out: str | Path | None = None, resume_dir: str | Pa
     if ft.merge and ft.strategy != "lora":
         raise ConfigError("--merge folds LoRA adapters into the weights", hint="use it with --strategy lora")
     parent = load_parent(ft.parent)
-    cfg = replace(cfg, model=replace(cfg.model, name=parent.card.arch, args=recipe_args(parent.card.arch_args)))
+    cfg = replace(cfg, model=replace(cfg.model, name=parent.card.arch, args=recipe_args(parent.card.arch_args)),
+                  data=replace(cfg.data, autocontrast=parent.card.preprocess.autocontrast))  # the backbone's own input
     cfg, splits, small = prepare_splits(cfg, parent.card, dry_run=dry_run, progress=not quiet)
     summary: dict[str, Any] = {"parent_test_accuracy": parent_accuracy(parent, splits.test, cfg), "small_data": small}
     done = int(load_checkpoint(Path(resume_dir))["epoch"]) if resume_dir is not None and has_checkpoint(resume_dir) else 0

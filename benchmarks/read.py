@@ -8,12 +8,17 @@ digit height of 16-120 px, and printed as dark ink (grey level 10-90) on light p
 with a brightness gradient across the page, Gaussian noise (sigma 2-8) and, in one string of
 four, a ruling line under or through the digits. Lengths 3 to 10.
 
-    MNISTLAB_DATA_DIR=... OMP_NUM_THREADS=1 python benchmarks/read.py RUN --per-cell 40 --seeds 0 1 2
+    MNISTLAB_DATA_DIR=... OMP_NUM_THREADS=1 python benchmarks/read.py CTC_RUN CLASSIFIER_RUN \
+        --names ctc segmentation --per-cell 15 --seeds 0 1 2 --name NAME
 
-For every (length, overlap level, seed) cell it reads `--per-cell` strings with
-`mnistlab.read.StringReader` (segmentation + the run's classifier) and records whole-string
-accuracy (the text equals the truth) and per-character accuracy (1 - edit distance / length),
-then gives the mean and spread over seeds. With `--expect-length` the reader is told the length.
+The generator is `mnistlab.data.strings.make_string` (the sequence reader trains on
+`training_string` over MNIST *training* digits only). Each RUN gets the reader it was trained
+for (`mnistlab.read_ctc.load_reader`): a `train read-ctc` run reads with the sequence model
+(`CtcReader`), a classifier run by segmentation (`read.StringReader`). For every (length,
+overlap level, seed) cell every reader reads the same `--per-cell` strings; the script records
+whole-string accuracy (the text equals the truth) and per-character accuracy (1 - edit
+distance / length), then gives the mean and spread over seeds, per reader, and the time per
+string. With `--expect-length` the readers are told the length.
 Writes benchmarks/results/read-<name>.{json,md}.
 """
 
@@ -27,79 +32,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-LEVELS = {"wide": (6, 14), "normal": (1, 5), "touching": (-1, 0), "overlap": (-5, -2)}  # gap in MNIST px
+from mnistlab.data.strings import LEVELS, edit_distance, make_string
+
 LENGTHS = list(range(3, 11))
 RESULTS = Path(__file__).parent / "results"
-
-
-def crop_digit(d: np.ndarray) -> np.ndarray:
-    """A 28x28 uint8 MNIST digit cropped to its ink."""
-    rows, cols = np.flatnonzero(d.max(1) > 30), np.flatnonzero(d.max(0) > 30)
-    return d[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-
-
-def compose(digits: list[np.ndarray], gaps: list[int], rng: np.random.Generator) -> np.ndarray:
-    """Bright-on-black canvas (float 0..1) of the digits placed left to right, gaps between them."""
-    crops = [crop_digit(d) for d in digits]
-    height = 28 + 8
-    width = sum(c.shape[1] for c in crops) + sum(max(g, -20) for g in gaps) + 24
-    canvas = np.zeros((height, max(width, 32)), dtype=np.float32)
-    x = 12
-    for k, c in enumerate(crops):
-        h, w = c.shape
-        y = 4 + (28 - h) // 2 + int(rng.integers(-2, 3))  # MNIST digits are 20 px tall, centred
-        y = min(max(y, 0), height - h)
-        region = canvas[y:y + h, x:x + w]
-        np.maximum(region, c / 255.0, out=region)
-        x += w + (gaps[k] if k < len(gaps) else 0)
-    return canvas
-
-
-def render(canvas: np.ndarray, rng: np.random.Generator, *, slant: float, digit_px: int,
-           line: bool) -> Image.Image:
-    """The canvas as a scan: sheared, scaled, dark ink on uneven light paper with noise."""
-    h, w = canvas.shape
-    img = Image.fromarray((canvas * 255).astype(np.uint8))
-    pad = int(abs(slant) * h) + 2
-    img = img.transform((w + 2 * pad, h), Image.AFFINE, (1, slant, -pad - slant * h / 2, 0, 1, 0),
-                        resample=Image.BILINEAR)
-    scale = digit_px / 20.0
-    img = img.resize((max(8, round(img.width * scale)), max(8, round(h * scale))), Image.BILINEAR)
-    ink = np.asarray(img, dtype=np.float32) / 255.0
-    H, W = ink.shape
-    if line:
-        y = int(H * rng.uniform(0.55, 0.9))
-        t = max(1, round(scale * rng.uniform(0.6, 1.2)))
-        ink[y:y + t, :] = np.maximum(ink[y:y + t, :], rng.uniform(0.5, 0.9))
-    paper = rng.uniform(170, 245)
-    grad = rng.uniform(-30, 0) * np.linspace(0, 1, W)[None, :] + rng.uniform(-15, 0) * np.linspace(0, 1, H)[:, None]
-    ink_level = rng.uniform(10, 90)
-    page = paper + grad
-    out = page - ink * (page - ink_level) + rng.normal(0, rng.uniform(2, 8), size=ink.shape)
-    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), mode="L")
-
-
-def make_string(images: np.ndarray, labels: np.ndarray, length: int, level: str,
-                rng: np.random.Generator) -> tuple[Image.Image, str]:
-    """One rendered string of ``length`` random digits from ``images`` at overlap ``level``."""
-    idx = rng.integers(0, len(images), size=length)
-    lo, hi = LEVELS[level]
-    gaps = [int(g) for g in rng.integers(lo, hi + 1, size=length - 1)]
-    canvas = compose([images[i] for i in idx], gaps, rng)
-    img = render(canvas, rng, slant=float(rng.uniform(-0.3, 0.3)), digit_px=int(rng.choice([16, 24, 40, 64, 120])),
-                 line=bool(rng.random() < 0.25))
-    return img, "".join(str(int(labels[i])) for i in idx)
-
-
-def edit_distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
 
 
 def mnist_test(data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -109,20 +46,26 @@ def mnist_test(data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     return data.images[:, 0].numpy(), data.labels.numpy()
 
 
-def run_cell(reader, images, labels, length: int, level: str, seed: int, n: int, expect: bool) -> dict:
+def run_cell(readers: dict, images, labels, length: int, level: str, seed: int, n: int, expect: bool) -> list[dict]:
+    """One (length, level, seed) cell: the same ``n`` strings read by every reader; one result per reader."""
     rng = np.random.default_rng([seed, length, list(LEVELS).index(level)])
-    right, chars, total = 0, 0.0, 0
-    misses = []
-    for _ in range(n):
-        img, truth = make_string(images, labels, length, level, rng)
-        got = reader.read(img, name="string", expect_length=length if expect else None).text
-        right += got == truth
-        chars += max(0, len(truth) - edit_distance(got, truth))
-        total += len(truth)
-        if got != truth and len(misses) < 3:
-            misses.append([truth, got])
-    return {"length": length, "level": level, "seed": seed, "n": n, "string_acc": right / n,
-            "char_acc": chars / total, "misses": misses}
+    strings = [make_string(images, labels, length, level, rng) for _ in range(n)]
+    cells = []
+    for name, reader in readers.items():
+        right, chars, total = 0, 0.0, 0
+        misses = []
+        t0 = time.perf_counter()
+        for img, truth in strings:
+            got = reader.read(img, name="string", expect_length=length if expect else None).text
+            right += got == truth
+            chars += max(0, len(truth) - edit_distance(got, truth))
+            total += len(truth)
+            if got != truth and len(misses) < 3:
+                misses.append([truth, got])
+        cells.append({"reader": name, "length": length, "level": level, "seed": seed, "n": n,
+                      "string_acc": right / n, "char_acc": chars / total, "misses": misses,
+                      "seconds": round(time.perf_counter() - t0, 2)})
+    return cells
 
 
 def summarize(cells: list[dict]) -> str:
@@ -159,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mnistlab.fileio import atomic_write_text
-    from mnistlab.predict import load_predictor
-    from mnistlab.read import StringReader
+    from mnistlab.read_ctc import load_reader
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="a run directory or artifact")
+    p.add_argument("models", nargs="+", metavar="RUN",
+                   help="run directories or artifacts: sequence readers (train read-ctc) or classifiers (segmentation)")
+    p.add_argument("--names", nargs="+", help="a name per RUN for the tables (default: the folder names)")
     p.add_argument("--per-cell", type=int, default=40, help="strings per (length, level, seed) cell")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lengths", type=int, nargs="+", default=LENGTHS)
@@ -171,21 +115,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="default", help="results file: benchmarks/results/read-NAME.{json,md}")
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
+    names = args.names or [Path(m).name for m in args.models]
+    if len(names) != len(args.models) or len(set(names)) != len(names):
+        p.error("--names needs one distinct name per RUN")
     torch.set_num_threads(1)
-    reader = StringReader(load_predictor(args.model))
+    readers = {n: load_reader(m) for n, m in zip(names, args.models, strict=True)}
+    kinds = {n: type(r).__name__ for n, r in readers.items()}
     images, labels = mnist_test(args.data_dir)
     cells, t0 = [], time.perf_counter()
     for seed in args.seeds:
         for length in args.lengths:
             for level in LEVELS:
-                cell = run_cell(reader, images, labels, length, level, seed, args.per_cell, args.expect_length)
-                cells.append(cell)
-                print(f"seed {seed} length {length:2d} {level:8s} string {cell['string_acc']:.3f} "
-                      f"char {cell['char_acc']:.3f} {cell['misses'][:1]}", file=sys.stderr, flush=True)
-    table = summarize(cells)
-    meta = {"model": str(args.model), "per_cell": args.per_cell, "seeds": args.seeds,
-            "expect_length": args.expect_length, "seconds": round(time.perf_counter() - t0, 1),
-            "python": platform.python_version(), "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
+                for cell in run_cell(readers, images, labels, length, level, seed, args.per_cell, args.expect_length):
+                    cells.append(cell)
+                    print(f"{cell['reader']} seed {seed} length {length:2d} {level:8s} string {cell['string_acc']:.3f} "
+                          f"char {cell['char_acc']:.3f} {cell['misses'][:1]}", file=sys.stderr, flush=True)
+    parts = []
+    for n in names:
+        mine = [c for c in cells if c["reader"] == n]
+        secs = sum(c["seconds"] for c in mine) / max(1, sum(c["n"] for c in mine))
+        parts.append(f"## {n} ({kinds[n]}, {1000 * secs:.0f} ms per string)\n\n{summarize(mine)}")
+    table = "\n\n".join(parts)
+    meta = {"models": dict(zip(names, map(str, args.models), strict=True)), "readers": kinds, "per_cell": args.per_cell,
+            "seeds": args.seeds, "expect_length": args.expect_length, "seconds": round(time.perf_counter() - t0, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine()}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / f"read-{args.name}.json", json.dumps({"meta": meta, "cells": cells}, indent=1))
     atomic_write_text(RESULTS / f"read-{args.name}.md", f"{json.dumps(meta)}\n\n{table}\n")

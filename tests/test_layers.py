@@ -21,9 +21,11 @@ DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("mnistlab.cli", "mnistlab.__main__")),
     ("serve", ("mnistlab.serve",)),
-    ("predict", ("mnistlab.predict", "mnistlab.export", "mnistlab.read", "mnistlab.export_mobile")),
+    ("predict", ("mnistlab.predict", "mnistlab.export", "mnistlab.read", "mnistlab.export_mobile",
+                 "mnistlab.read_ctc")),
     ("orchestration", ("mnistlab.runner", "mnistlab.splits", "mnistlab.finetune", "mnistlab.search",
-                       "mnistlab.cv", "mnistlab.seeds", "mnistlab.assess", "mnistlab.pretrain")),
+                       "mnistlab.cv", "mnistlab.seeds", "mnistlab.assess", "mnistlab.pretrain",
+                       "mnistlab.read_train")),
     ("training", ("mnistlab.train", "mnistlab.train_state", "mnistlab.evaluate", "mnistlab.checkpoint",
                   "mnistlab.artifact", "mnistlab.optim", "mnistlab.distributed", "mnistlab.device",
                   "mnistlab.runs", "mnistlab.explain", "mnistlab.calibration", "mnistlab.finetune.semi", "mnistlab.ssl")),

@@ -157,6 +157,7 @@ class SemiConfig:
     ratio: int = 7  # unlabelled images per labelled image in a step (FixMatch's mu)
     weight: float = 1.0  # weight of the unlabelled loss beside the labelled one (FixMatch's lambda_u)
     strong: AugmentConfig = field(default_factory=_strong_augment)  # the strong view; the weak one is data.augment
+    align: bool = False  # distribution alignment of the pseudo-labels toward uniform classes (ReMixMatch)
 
 
 @dataclass
@@ -197,6 +198,19 @@ class PretrainConfig:
 
 
 @dataclass
+class ReadConfig:
+    """Training the sequence reader (``task: read``, ``read_train``): a CNN with a CTC head on synthetic
+    strings of the dataset's training digits (``data.strings``), drawn afresh each epoch."""
+
+    height: int = 32  # pixels the line image of a string is scaled to (the crnn takes 32)
+    max_length: int = 10  # characters in a training string: 1 to this
+    steps_per_epoch: int = 500  # optimizer steps (batches of train.batch_size strings) per epoch
+    val_strings: int = 300  # strings of validation digits (lengths 3-10, every overlap level) checked each epoch
+    test_strings: int = 400  # 5-digit strings of test digits (every overlap level) in summary.json
+    workers: int = 1  # processes drawing training strings beside the training one; 0 = in the training process
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -207,6 +221,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # read by `mnistlab finetune`
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # read by `mnistlab pretrain`
+    task: str = "classify"  # classify: one label per image | read: strings of characters (read_train, CTC)
+    read: ReadConfig = field(default_factory=ReadConfig)  # read by `mnistlab train` when task is read
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -343,6 +359,7 @@ RANGES: dict[str, Range] = {
     "SemiConfig.threshold": PROBABILITY, "SemiConfig.ratio": Range(1),
     "PretrainConfig.temperature": POSITIVE, "PretrainConfig.projection_dim": Range(1),
     "PretrainConfig.projection_hidden": Range(1), "PretrainConfig.probe_steps": Range(1),
+    "ReadConfig.height": Range(8), "ReadConfig.max_length": Range(1, 40), "ReadConfig.steps_per_epoch": Range(1),
 }
 
 

@@ -96,6 +96,16 @@ def resolve_charset(charset: str | None, classes: list[str]) -> list[int]:
     return [classes.index(c) for c in wanted]
 
 
+def open_string_image(source: ImageSource | Image.Image, name: str | None, expect_length: int | None,
+                      max_pixels: int | None) -> tuple[Image.Image, str]:
+    """(the decoded image, its name for the reading) for any reader; a length out of range is an error."""
+    img = source if isinstance(source, Image.Image) else load_image(source, name=name, max_pixels=max_pixels)
+    label = name or (str(source) if not isinstance(source, (bytes, bytearray, memoryview, Image.Image)) else "<image>")
+    if expect_length is not None and not 1 <= expect_length <= _MAX_CHARS:
+        raise ConfigError(f"expected length {expect_length} is out of range", hint=f"use 1 to {_MAX_CHARS}")
+    return img, label
+
+
 @dataclass
 class _Candidate:
     blob: int
@@ -124,13 +134,14 @@ class StringReader:
         self.allowed = resolve_charset(charset, predictor.classes)
         self.chars = [predictor.classes[i] for i in self.allowed]
 
+    def with_charset(self, charset: str | None) -> StringReader:
+        """The same classifier and weights reading only ``charset``."""
+        return StringReader(self.predictor, charset=charset, weights=self.weights)
+
     def read(self, source: ImageSource | Image.Image, *, name: str | None = None, expect_length: int | None = None,
              max_pixels: int | None = None) -> Reading:
         """Read one image (a path, bytes, a file object or a decoded PIL image)."""
-        img = source if isinstance(source, Image.Image) else load_image(source, name=name, max_pixels=max_pixels)
-        label = name or (str(source) if not isinstance(source, (bytes, bytearray, memoryview, Image.Image)) else "<image>")
-        if expect_length is not None and not 1 <= expect_length <= _MAX_CHARS:
-            raise ConfigError(f"expected length {expect_length} is out of range", hint=f"use 1 to {_MAX_CHARS}")
+        img, label = open_string_image(source, name, expect_length, max_pixels)
         return self.decide(self.analyse(img, label), label, expect_length)
 
     def analyse(self, img: Image.Image, label: str = "<image>") -> _Analysis:

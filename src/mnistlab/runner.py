@@ -84,6 +84,11 @@ def run_training(cfg: Config, *, out: str | Path | None = None, resume_dir: Path
     plan = plan or RunPlan()
     check_settings(cfg)  # before any work: a nonsense setting costs nothing
     torch.set_num_threads(cfg.train.threads or default_threads())
+    if cfg.task == "read":  # strings of characters: the sequence reader's own loop (read_train)
+        from mnistlab.read_train import run_read_training
+
+        run_dir, summary, fitted = run_read_training(cfg, out=out, resume_dir=resume_dir, quiet=quiet, dry_run=dry_run)
+        return RunResult(run_dir, summary, fitted)
     device = init_distributed(resolve_device(cfg.device))  # joins torchrun's process group, if any
     rank, world_size = world()
     main = rank == 0
@@ -195,6 +200,8 @@ def result_line(summary: dict[str, Any], run_dir: Path) -> str:
 def check_settings(cfg: Config) -> None:
     """Every setting in range (:func:`validate_config`), and a validation count the dataset can give."""
     validate_config(cfg)
+    if cfg.task not in ("classify", "read"):
+        raise ConfigError(f"unknown task '{cfg.task}'", hint="task is classify (one label per image) or read (strings)")
     info, val = DATASETS.get(cfg.data.dataset), cfg.data.val_size
     if info is not None and val >= 1 and 4 * val > info.train_size:  # splits would quietly use a fraction instead
         raise ConfigError(f"data.val_size {val:g} is over a quarter of the {info.train_size:,} training images of "

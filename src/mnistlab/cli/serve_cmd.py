@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="wait this long for more requests before a forward pass (default 0: batch what is queued)")
     p.add_argument("--batch-in-thread", action="store_true",
                    help="run forward passes in a worker thread (overlaps parsing and inference) instead of on the event loop")
+    p.add_argument("--read-model", metavar="RUN",
+                   help="a sequence-reader run (mnistlab train read-ctc) that POST /read and the page's string mode use "
+                        "(default: the served classifier, by segmentation)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default warning; info logs every request)")
     add_common(p)
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     settings = Settings(model=args.model, threads=args.threads, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                         max_pixels=int(args.max_megapixels * 1_000_000),
-                        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, batch_in_thread=args.batch_in_thread)
+                        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, batch_in_thread=args.batch_in_thread,
+                        read_model=args.read_model)
     check_port(args.host, args.port)
     print(f"serving {args.model} at http://{args.host}:{args.port}/  (API docs at /docs; Ctrl-C to stop)", flush=True)
     if args.workers == 1:

@@ -14,6 +14,8 @@ best cuts; this module only does the image work, in numpy:
    little ink as possible, so characters that overlap in x can still be separated; ``piece``
    gives the ink between two cuts as an image for ``preprocess_image`` and its box in the
    original image's pixels.
+4. ``StringImage.line``: the whole cleaned string as one line image of a fixed height, for the
+   sequence reader (``mnistlab.read_ctc``); ``box_of_columns`` maps columns back to a box.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ import numpy as np
 from PIL import Image
 
 from mnistlab.data.images import ImageError, gray_of
+
+try:  # optional: the `read` extra
+    from scipy import ndimage as _ndimage
+except ImportError:  # pragma: no cover - the numpy labelling below does the same
+    _ndimage = None
 
 WORK_HEIGHT = 32  # pixels a character is scaled to before cutting (the classifier then sees 20 of 28)
 _MAX_SIDE = 1400  # larger inputs are box-averaged down to about this first
@@ -95,7 +102,17 @@ def _runs_from(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of a bool mask: (labels int32 [H, W] with 0 = background, count)."""
+    """8-connected components of a bool mask: (labels int32 [H, W] with 0 = background, count),
+    numbered in raster order of their first pixel. SciPy's labelling when it is installed (the
+    same labels, several times faster), else :func:`label_runs`."""
+    if _ndimage is None:
+        return label_runs(mask)
+    labels, n = _ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return labels.astype(np.int32, copy=False), int(n)
+
+
+def label_runs(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`label_components` in numpy and Python: union-find over horizontal runs."""
     rows, starts, ends = _runs_from(mask)
     parent = list(range(len(rows)))
 
@@ -237,6 +254,30 @@ class StringImage:
         x = xs - self.pad + self.slant * (ys - self.yc)
         return ys * self.scale, x * self.scale
 
+    def line(self, height: int) -> Line:
+        """The whole string as one line image for a sequence model: the ink (0..1, bright on black)
+        cropped to its extent with a margin and scaled to ``height`` rows, the width following."""
+        ys, xs = np.nonzero(self.mask)
+        m = max(1, round(0.08 * self.char_height))
+        y0, y1 = max(0, int(ys.min()) - m), min(self.mask.shape[0], int(ys.max()) + 1 + m)
+        x0, x1 = max(0, int(xs.min()) - m), min(self.mask.shape[1], int(xs.max()) + 1 + m)
+        level = float(np.percentile(self.ink[self.mask], 90)) or 1.0
+        crop = np.clip(self.ink[y0:y1, x0:x1] / level, 0.0, 1.0)
+        zoom = height / (y1 - y0)
+        width = max(4, round((x1 - x0) * zoom))
+        pixels = _resize(crop, width, height, Image.BILINEAR if zoom >= 1 else Image.BOX)
+        return Line(np.clip(pixels, 0.0, 1.0).astype(np.float32), x0, y0, 1.0 / zoom)
+
+    def box_of_columns(self, x0: float, x1: float) -> tuple[int, int, int, int] | None:
+        """The box (input pixels, exclusive ends) of the ink between work columns x0 and x1; None if none."""
+        lo, hi = max(0, int(np.floor(x0))), min(self.mask.shape[1], int(np.ceil(x1)))
+        ys, xs = np.nonzero(self.mask[:, lo:hi])
+        if not len(ys):
+            return None
+        oy, ox = self.to_original(ys.astype(np.float64), (xs + lo).astype(np.float64))
+        return (int(np.floor(ox.min())), int(np.floor(oy.min())), int(np.ceil(ox.max() + self.scale)),
+                int(np.ceil(oy.max() + self.scale)))
+
     def blobs(self) -> list[Blob]:
         """The ink as blobs, left to right: components, with stacked pieces (broken strokes) joined."""
         labels, n = label_components(self.mask)
@@ -297,6 +338,17 @@ class StringImage:
         box = (int(np.floor(ox.min())), int(np.floor(oy.min())), int(np.ceil(ox.max() + self.scale)),
                int(np.ceil(oy.max() + self.scale)))
         return Piece(out, box, (y1 - y0) / self.char_height, (x1 - x0) / self.char_height)
+
+
+@dataclass
+class Line:
+    """A string as one line image: ``pixels`` float32 [height, width] in 0..1 (bright ink on black);
+    line column u is work column ``x0 + u * step`` of the ``StringImage`` it came from."""
+
+    pixels: np.ndarray
+    x0: int
+    y0: int
+    step: float
 
 
 @dataclass

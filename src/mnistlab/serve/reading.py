@@ -3,7 +3,9 @@
 The body is what ``/predict`` takes (multipart field 'file', JSON {"image": base64} or raw image
 bytes); query ``expect_length`` (1-40) and ``charset`` (digits, letters, all or the characters)
 constrain the answer. The reply is ``mnistlab read --json``'s object plus the model's name. Bad
-parameters are a 422, a bad or blank image a 400: the client's input is never a 5xx.
+parameters are a 422, a bad or blank image a 400: the client's input is never a 5xx. With
+``Settings.read_model`` (``serve --read-model RUN``) the sequence reader of that run reads; else
+the served classifier does, by segmentation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.predict import Predictor
 from mnistlab.read import StringReader
+from mnistlab.read_ctc import CtcReader
 from mnistlab.serve.payload import PayloadError, extract_images, int_param, read_body
 from mnistlab.serve.settings import Settings
 
@@ -32,14 +35,17 @@ READ_PARAMS = [
 
 def add_read_route(app: FastAPI, predictor: Predictor, settings: Settings, body_doc: dict[str, Any]) -> None:
     """Register ``POST /read`` on ``app``."""
-    readers: dict[str | None, StringReader] = {None: StringReader(predictor)}
+    base: StringReader | CtcReader = (CtcReader.load(settings.read_model) if getattr(settings, "read_model", None)
+                                      else StringReader(predictor))
+    model_name = base.name if isinstance(base, CtcReader) else predictor.name
+    readers: dict[str | None, StringReader | CtcReader] = {None: base}
 
-    def reader_for(charset: str | None) -> StringReader:
+    def reader_for(charset: str | None) -> StringReader | CtcReader:
         if charset is not None and (not charset or len(charset) > MAX_CHARSET):
             raise PayloadError(422, f"charset must be 1 to {MAX_CHARSET} characters")
         if charset not in readers:
             try:
-                readers[charset] = StringReader(predictor, charset=charset)
+                readers[charset] = base.with_charset(charset)
             except ConfigError as err:
                 raise PayloadError(422, str(err)) from None
             if len(readers) > 64:  # a bounded cache of the charsets clients use
@@ -60,4 +66,4 @@ def add_read_route(app: FastAPI, predictor: Predictor, settings: Settings, body_
             raise PayloadError(400, str(err)) from None
         except Exception as err:  # an image PIL opens but cannot convert: still the client's input
             raise PayloadError(400, f"{name}: cannot read image ({type(err).__name__}: {err})") from None
-        return JSONResponse({**reading.to_dict(), "model": predictor.name})
+        return JSONResponse({**reading.to_dict(), "model": model_name})

@@ -25,6 +25,7 @@ class Settings:
     batch_wait_ms: float = 0.0  # extra wait for more requests before a forward pass (0: only those queued)
     batch_in_thread: bool = False  # run forward passes in a worker thread instead of on the event loop
     top_k: int = 3  # default length of the top_k list
+    read_model: str | None = None  # a sequence-reader run (train read-ctc) for POST /read; None: the classifier, by segmentation
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_images", "max_pixels", "max_batch", "top_k"):

@@ -1,0 +1,255 @@
+"""The sequence reader: the string generator, CTC decoding, the crnn's shapes, training through
+`mnistlab train read-ctc` (dry run, exact resume, no test digits), the artifact, `mnistlab read`
+and `POST /read` with a crnn run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from deploy_helpers import png_bytes, tiny_artifact
+from PIL import Image
+
+from mnistlab.artifact import ModelCard, Preprocess, save_artifact
+from mnistlab.cli.main import main
+from mnistlab.config import load_config, resolve_recipe
+from mnistlab.data.segment import StringImage
+from mnistlab.data.strings import LEVELS, edit_distance, make_string, training_string
+from mnistlab.models.crnn import CRNN, STRIDE
+from mnistlab.models.ctc import confidences, exact_length, greedy
+from mnistlab.read_ctc import CtcReader, load_reader
+
+DIGITS = [str(i) for i in range(10)]
+
+
+def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random 28x28 'digits' (a bright rectangle each) and labels."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for k in range(n):
+        h, w = rng.integers(12, 21), rng.integers(4, 15)
+        y, x = rng.integers(2, 28 - h), rng.integers(2, 28 - w)
+        images[k, y:y + h, x:x + w] = 255
+    return images, rng.integers(0, 10, size=n)
+
+
+def image_hash(img: Image.Image) -> str:
+    return hashlib.sha256(img.tobytes() + str(img.size).encode()).hexdigest()
+
+
+def test_generators_are_deterministic_and_vary():
+    images, labels = blobs(50, 0)
+    a = [training_string(images, labels, np.random.default_rng([3, 1])) for _ in range(1)]
+    b = [training_string(images, labels, np.random.default_rng([3, 1])) for _ in range(1)]
+    assert image_hash(a[0][0]) == image_hash(b[0][0]) and a[0][1] == b[0][1]
+    rng = np.random.default_rng(5)
+    drawn = [training_string(images, labels, rng) for _ in range(60)]
+    assert {len(t) for _, t in drawn} >= {1, 10} and len({img.size for img, _ in drawn}) > 30
+    one, two = (make_string(images, labels, 5, "overlap", np.random.default_rng(9)) for _ in range(2))
+    assert image_hash(one[0]) == image_hash(two[0]) and one[1] == two[1] and len(one[1]) == 5
+    assert set(LEVELS) == {"wide", "normal", "touching", "overlap"}
+    assert edit_distance("12345", "1245") == 1 and edit_distance("", "12") == 2
+
+
+def test_training_strings_never_use_test_digits(synthetic_data, monkeypatch):
+    """Every digit a training string is drawn from is a training digit, never a test one."""
+    import mnistlab.read_train as rt
+    from mnistlab.data.dataset import load_dataset
+
+    test_rows = {r.tobytes() for r in load_dataset("mnist", "test", progress=False).images[:, 0].numpy()}
+    train_rows = {r.tobytes() for r in load_dataset("mnist", "train", progress=False).images[:, 0].numpy()}
+    seen: list[np.ndarray] = []
+    real = rt.training_string
+
+    def spy(images, labels, rng, **kw):
+        seen.append(images)
+        return real(images, labels, rng, **kw)
+
+    monkeypatch.setattr(rt, "training_string", spy)
+    cfg = load_config(resolve_recipe("read-ctc"), ["train.epochs=1"])
+    rt.run_read_training(cfg, out="run", quiet=True, dry_run=True)
+    assert seen
+    used = {r.tobytes() for r in seen[0]}
+    assert used <= train_rows and not used & (test_rows - train_rows)
+
+
+def frames(path: list[int], k: int = 10, p: float = 0.9) -> np.ndarray:
+    """Log-probabilities [T, k + 1] putting ``p`` on the class of each frame of ``path`` (0 = blank)."""
+    lp = np.full((len(path), k + 1), (1 - p) / k)
+    lp[np.arange(len(path)), path] = p
+    return np.log(lp)
+
+
+def test_greedy_merges_repeats_and_drops_blanks():
+    logp = frames([0, 4, 4, 0, 4, 0, 8, 8, 0])  # '3', '3', '7'
+    spans, _ = greedy(logp, list(range(10)))
+    assert [c for c, _, _ in spans] == [3, 3, 7] and spans[0][1:] == (1, 2) and spans[2][1:] == (6, 7)
+    assert confidences(logp, spans) == pytest.approx([0.9, 0.9, 0.9])
+
+
+def test_charset_restricts_the_answer():
+    logp = frames([0, 4, 0, 6, 0])  # '3', '5'
+    lp = logp.copy()
+    lp[3, 2] = np.log(0.08)  # the runner-up of the '5' frame is '1'
+    spans, _ = greedy(lp, [1, 3])
+    assert [c for c, _, _ in spans] == [3, 1]
+    assert [c for c, _, _ in greedy(lp, [7])[0]] == []  # nothing allowed is likelier than the blank
+
+
+def test_exact_length_adds_or_merges_characters():
+    logp = frames([0, 4, 4, 0, 4, 0, 8, 8])  # greedy: 3 3 7
+    for n in (1, 2, 3, 4, 5):
+        spans, path = exact_length(logp, list(range(10)), n)
+        assert len(spans) == n and len(path) == len(logp)
+    assert [c for c, _, _ in exact_length(logp, list(range(10)), 3)[0]] == [3, 3, 7]
+    assert [c for c, _, _ in exact_length(logp, list(range(10)), 2)[0]] in ([3, 7], [3, 3])
+    assert exact_length(logp, list(range(10)), 9) is None  # 8 frames cannot hold 9 characters
+    assert [c for c, _, _ in exact_length(logp, [3], 3)[0]] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("width", [8, 37, 160])
+def test_crnn_shape_contract_and_padding(width):
+    torch.manual_seed(0)
+    model = CRNN(widths=(4, 8, 8), hidden=8).eval()
+    x = torch.rand(1, 1, 32, width)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (1, width // STRIDE, 11)
+    padded = torch.cat([x, torch.zeros(1, 1, 32, 40)], dim=3)
+    with torch.no_grad():
+        got = model(padded, torch.tensor([width // STRIDE]))[0, :width // STRIDE]
+        # the convs see a few padding columns at the right edge (the backward pass carries that a
+        # little to the left); the recurrence itself never runs over the padding frames
+        np.testing.assert_allclose(got[:-3].numpy(), model(x)[0, :-3].numpy(), atol=2e-3)
+    with pytest.raises(ValueError, match="32 pixels high"):
+        model(torch.rand(1, 1, 28, 64))
+
+
+def make_ctc_artifact(folder: Path, seed: int = 0) -> Path:
+    """An untrained crnn artifact, as a read-ctc run writes one."""
+    torch.manual_seed(seed)
+    model = CRNN(widths=(4, 8, 8), hidden=8)
+    card = ModelCard(arch=model.arch_name, arch_args=model.arch_args, classes=DIGITS,
+                     preprocess=Preprocess(size=32, mean=0.0, std=1.0, mnist_style=False), dataset="mnist")
+    save_artifact(folder, model.eval(), card)
+    return folder
+
+
+def scan(text_len: int = 5, seed: int = 0) -> Image.Image:
+    images, labels = blobs(40, seed)
+    return make_string(images, labels, text_len, "normal", np.random.default_rng(seed))[0]
+
+
+def test_reader_answers_with_boxes_inside_the_image(tmp_path):
+    reader = load_reader(make_ctc_artifact(tmp_path / "ctc"))
+    assert isinstance(reader, CtcReader)
+    img = scan()
+    for n in (1, 5, 7):
+        got = reader.read(img, name="s", expect_length=n)
+        assert len(got.text) == n == len(got.chars)
+        assert got.confidence == pytest.approx(float(np.prod([c.confidence for c in got.chars])))
+        for c in got.chars:
+            x0, y0, x1, y1 = c.box
+            assert 0 <= x0 < x1 <= img.width + 1 and 0 <= y0 < y1 <= img.height + 1 and 0 < c.confidence <= 1
+    assert set(reader.with_charset("27").read(img, expect_length=4).text) <= {"2", "7"}
+
+
+def test_artifact_round_trip_needs_no_pickle(tmp_path, monkeypatch):
+    src = make_ctc_artifact(tmp_path / "ctc")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("model.json", "model.safetensors"):
+        shutil.copy(src / name, copy / name)
+    line = StringImage.from_image(scan()).line(32).pixels
+    want = CtcReader.load(src).frames(line)
+
+    def no_pickle(*a, **k):
+        raise AssertionError("torch.load (pickle) used to load an artifact")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    np.testing.assert_allclose(CtcReader.load(copy).frames(line), want, atol=1e-6)
+
+
+def test_the_recipe_trains_resumes_exactly_and_reads(synthetic_data, capsys, monkeypatch):
+    """A dry run of read-ctc writes a run; interrupted after its first epoch and resumed it ends
+    with the same weights; `mnistlab read` on it answers the JSON schema."""
+    from safetensors.torch import load_file
+
+    import mnistlab.read_train as rt
+
+    args = ["train", "read-ctc", "train.epochs=2", "--dry-run", "--quiet"]
+    assert main([*args, "--out", "whole"]) == 0
+    summary = json.loads(Path("whole/summary.json").read_text())
+    assert summary["task"] == "read" and summary["test_accuracy"] is not None and summary["epochs"] == 2
+    assert {"config.yaml", "model.json", "model.safetensors", "checkpoint.pt", "metrics.jsonl"} <= {
+        p.name for p in Path("whole").iterdir()}
+    assert json.loads(Path("whole/model.json").read_text())["arch"] == "crnn"
+
+    real, calls = rt.save_checkpoint, []
+
+    def stop_after_first(run_dir, state):
+        real(run_dir, state)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rt, "save_checkpoint", stop_after_first)
+    assert main([*args, "--out", "cut"]) != 0  # interrupted after the first epoch's checkpoint
+    monkeypatch.setattr(rt, "save_checkpoint", real)
+    assert not Path("cut/summary.json").exists()
+    assert main(["train", "--resume", "cut", "--quiet"]) == 0
+    a, b = load_file("whole/model.safetensors"), load_file("cut/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+
+    Path("s.png").write_bytes(png_bytes(scan(4)))
+    assert main(["read", "whole", "s.png", "--json", "--expect-length", "4", "--out", "boxed"]) == 0
+    obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(obj) == {"path", "text", "confidence", "chars"} and len(obj["text"]) == 4
+    assert all(set(c) == {"char", "confidence", "box"} and len(c["box"]) == 4 for c in obj["chars"])
+    assert Image.open("boxed/s.read.png").size == Image.open("s.png").size
+
+
+def test_read_errors_with_a_ctc_run(tmp_path, capsys):
+    run = make_ctc_artifact(tmp_path / "ctc")
+    blank = tmp_path / "blank.png"
+    Image.new("L", (120, 40), 250).save(blank)
+    assert main(["read", str(run), str(blank)]) == 1
+    assert "no ink" in capsys.readouterr().err
+    assert main(["read", str(run), str(blank), "--charset", "xyz"]) == 2
+    assert "charset" in capsys.readouterr().err
+
+
+def test_post_read_with_a_sequence_reader(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mnistlab.serve import Settings, create_app
+
+    run = make_ctc_artifact(tmp_path / "reader")
+    settings = Settings(model=str(tiny_artifact()), read_model=str(run), max_pixels=4_000_000)
+    with TestClient(create_app(settings)) as client:
+        body = png_bytes(scan())
+        r = client.post("/read?expect_length=5", content=body, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        obj = r.json()
+        assert obj["model"] == "reader" and len(obj["text"]) == 5 == len(obj["chars"])
+        assert client.post("/read?charset=xyz", content=body, headers={"content-type": "image/png"}).status_code == 422
+        blank = png_bytes(Image.new("L", (200, 60), 255))
+        assert client.post("/read", content=blank, headers={"content-type": "image/png"}).status_code == 400
+
+
+def test_the_fast_labelling_gives_the_numpy_labels():
+    from mnistlab.data.segment import label_components, label_runs
+
+    rng = np.random.default_rng(0)
+    for density in (0.2, 0.45, 0.6):
+        mask = rng.random((40, 90)) < density
+        a, na = label_components(mask)
+        b, nb = label_runs(mask)
+        assert na == nb and np.array_equal(a, b)

@@ -13,7 +13,7 @@ from finetune_helpers import make_parent
 from safetensors.torch import load_file
 
 from mnistlab.cli.main import main
-from mnistlab.finetune.semi import semi_loss
+from mnistlab.finetune.semi import align, semi_epochs, semi_loss
 
 QUICK = ["--shots", "5", "--quiet", "finetune.steps=6", "train.batch_size=10", "finetune.semi.ratio=2",
          "finetune.semi.threshold=0.2", "train.threads=1", "train.eval_batch_size=512"]
@@ -57,6 +57,24 @@ def test_loss_counts_only_confident_pseudo_labels():
     assert strong.grad[1].abs().sum() == 0 and strong.grad[3].abs().sum() == 0 and strong.grad[0].abs().sum() > 0
 
 
+
+def test_an_epoch_is_a_pass_over_the_unlabelled_images():
+    assert semi_epochs(6000, 59_900, 224) == (261, 23)  # 267 steps draw the pool once; 23 equal epochs
+    assert semi_epochs(10, 60, 20) == (3, 4)  # 3 steps draw the pool: 4 epochs of 3 (12 >= 10 steps)
+    assert semi_epochs(5, 10, 224) == (1, 5)  # a pool smaller than a step: an epoch per step
+
+
+def test_alignment_evens_out_the_pseudo_label_classes():
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 0.5]])  # class 0 predicted too often
+    aligned, spread = align(logits, None, momentum=0.0)
+    p = torch.softmax(logits, 1)
+    assert torch.allclose(spread, p.mean(0))
+    q = torch.softmax(aligned, 1)
+    assert torch.allclose(q.sum(1), torch.ones(3))
+    assert (q[:, 1] > p[:, 1]).all()  # the rarer class gains in every row
+    same, kept = align(logits, torch.full((2,), 0.5), momentum=1.0)  # a uniform running mean changes nothing
+    assert torch.allclose(torch.softmax(same, 1), p, atol=1e-6) and torch.equal(kept, torch.full((2,), 0.5))
+
 def test_unlabelled_labels_are_never_read_and_the_sets_are_recorded(parent, tmp_path, capsys):
     images, labels = synthetic_digits(120, seed=7)  # other images than the labelled ones
     right = _write_csv(tmp_path / "right.csv", images, labels)
@@ -87,7 +105,7 @@ class _Stop(Exception):
 def test_resume_gives_the_same_final_weights(parent, tmp_path, capsys, monkeypatch):
     images, labels = synthetic_digits(60, seed=8)
     pool = _write_csv(tmp_path / "pool.csv", images, labels)
-    argv = [str(parent), "--dataset", "mnist", "--unlabelled", pool, *QUICK, "finetune.steps=15"]
+    argv = [str(parent), "--dataset", "mnist", "--unlabelled", pool, *QUICK, "finetune.steps=15", "finetune.semi.align=true"]
     full = _run(capsys, *argv, "--out", "full")
     from mnistlab.finetune import run as module
 

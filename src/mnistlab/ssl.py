@@ -31,7 +31,7 @@ from mnistlab.data.augment import augment_batch
 from mnistlab.data.imagedata import normalize
 from mnistlab.errors import ConfigError
 from mnistlab.optim import Schedule, build_optimizer
-from mnistlab.train import _epoch_draws, _EpochLog
+from mnistlab.train import EpochLog, epoch_draws
 from mnistlab.train_state import Tracker, TrainState
 
 OBJECTIVES = ("simclr",)
@@ -92,11 +92,11 @@ def fit_contrastive(cfg: Config, backbone: nn.Module, images: torch.Tensor, mean
     if resume and run_dir is not None and has_checkpoint(run_dir):
         state.load_state_dict(load_checkpoint(run_dir, map_location=device))
     pool = images.to(device)
-    log = _EpochLog(run_dir, tc.epochs, quiet)
+    log = EpochLog(run_dir, tc.epochs, quiet)
     if resume:
         log.restart(state.history)
     for epoch in range(state.epoch, tc.epochs):
-        perm, gen = _epoch_draws(cfg.seed, epoch, 0, n, device)
+        perm, gen = epoch_draws(cfg.seed, epoch, 0, n, device)
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -114,27 +114,27 @@ def fit_contrastive(cfg: Config, backbone: nn.Module, images: torch.Tensor, mean
             loss_sum += loss.detach()
         seconds = time.perf_counter() - t0
         state.elapsed += seconds
-        row = epoch_row(epoch + 1, loss_sum.item() / max(1, steps), 0.0, optimizer, seconds, 2 * steps * batch)
+        row = epoch_row(epoch + 1, loss_sum.item() / max(1, steps), None, optimizer, seconds, 2 * steps * batch)
         close_epoch(state, row, log, run_dir, epoch_callback)
     log.close()
     return PretrainResult(model.backbone, state.history, state.elapsed)
 
 
-def epoch_row(epoch: int, loss: float, acc: float, optimizer: torch.optim.Optimizer, seconds: float,
+def epoch_row(epoch: int, loss: float, acc: float | None, optimizer: torch.optim.Optimizer, seconds: float,
               images: int) -> dict[str, Any]:
-    """An epoch's metrics row, in the keys `train.fit` writes (no validation yet)."""
+    """An epoch's metrics row, in the keys `train.fit` writes (no validation yet; ``acc`` None: no labels)."""
     return {"epoch": epoch, "train_loss": loss, "train_acc": acc, "val_loss": None, "val_acc": None,
             "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
             "images_per_s": round(images / max(seconds, 1e-9), 1)}
 
 
-def close_epoch(state: TrainState, row: dict[str, Any], log: _EpochLog, run_dir: Path | None,
-                epoch_callback: Callable[[dict[str, Any]], None] | None) -> None:
-    """Record ``row`` in the state and the log, write the checkpoint, then call the epoch callback."""
+def close_epoch(state: TrainState, row: dict[str, Any], log: EpochLog, run_dir: Path | None,
+                epoch_callback: Callable[[dict[str, Any]], None] | None, extra: dict[str, Any] | None = None) -> None:
+    """Record ``row`` in the state and the log, write the checkpoint (with ``extra`` beside the state), then call the epoch callback."""
     state.end_epoch(row)
     log.write(row)
     if run_dir is not None:
-        save_checkpoint(run_dir, state.state_dict())
+        save_checkpoint(run_dir, {**state.state_dict(), **(extra or {})})
     if epoch_callback is not None:
         epoch_callback(row)
 

@@ -82,7 +82,7 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
         saved = load_checkpoint(run_dir, map_location=device)
         state.load_state_dict(saved)
         within = saved.get("within_epoch")
-    log = _EpochLog(run_dir if main else None, tc.epochs, quiet or not main)
+    log = EpochLog(run_dir if main else None, tc.epochs, quiet or not main)
     if resume:
         log.restart(state.history)  # rows a kill left past the checkpoint are trained again
     saver = _Checkpoints(tc, enabled=main and run_dir is not None, within_epochs=world_size == 1)
@@ -91,7 +91,7 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
         if state.tracker.bad_epochs >= tc.early_stop_patience > 0:
             stopped_early = True
             break
-        perm, aug_gen = _epoch_draws(cfg.seed, epoch, rank, n, device)
+        perm, aug_gen = epoch_draws(cfg.seed, epoch, rank, n, device)
         placed.run.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -157,7 +157,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
-def _epoch_draws(seed: int, epoch: int, rank: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Generator]:
+def epoch_draws(seed: int, epoch: int, rank: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Generator]:
     """Seed the epoch's draws from (seed, epoch): the global generator, the permutation, the augmentation generator."""
     seed = epoch_seed(seed, epoch)
     noise = seed + 104_729 * rank  # ranks draw different dropout/augmentation; rank 0 draws what one process does
@@ -200,7 +200,7 @@ def _position(done: int, seconds: float, aug_gen: torch.Generator, device: torch
 
 
 def _restore_draws(within: dict[str, Any], aug_gen: torch.Generator, device: torch.device) -> None:
-    """Put the generators back where a mid-epoch checkpoint left them (after :func:`_epoch_draws` seeded them)."""
+    """Put the generators back where a mid-epoch checkpoint left them (after :func:`epoch_draws` seeded them)."""
     torch.set_rng_state(within["rng"].cpu())
     aug_gen.set_state(within["aug_rng"].cpu())
     if within.get("cuda_rng") is not None and device.type == "cuda":
@@ -318,7 +318,7 @@ def validate(weights: torch.nn.Module, val_data: ImageData | None, mean: float, 
             "val_acc": (logits.argmax(1) == val_data.labels).float().mean().item()}
 
 
-class _EpochLog:
+class EpochLog:
     """Where rank 0 reports each epoch: the console, ``metrics.jsonl`` and tensorboard in the run directory."""
 
     def __init__(self, run_dir: Path | None, epochs: int, silent: bool) -> None:
@@ -334,9 +334,9 @@ class _EpochLog:
         """Report one epoch's metrics row."""
         if not self.silent:
             val = "" if row["val_acc"] is None else f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}"
+            acc = "" if row["train_acc"] is None else f"  train_acc {row['train_acc']:.4f}"  # None: no labels (pretraining)
             tqdm.write(
-                f"epoch {row['epoch']}/{self.epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}"
-                f"{val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
+                f"epoch {row['epoch']}/{self.epochs}  train_loss {row['train_loss']:.4f}{acc}{val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
             )
         if self.writer is not None:
             for k, v in row.items():

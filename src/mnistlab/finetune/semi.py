@@ -14,6 +14,7 @@ checkpoint after each epoch holds the rest (:class:`TrainState`), so a resume is
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -28,7 +29,7 @@ from mnistlab.device import world
 from mnistlab.errors import ConfigError, DataError
 from mnistlab.optim import Schedule, build_optimizer
 from mnistlab.ssl import close_epoch, epoch_row
-from mnistlab.train import EpochCallback, FitResult, _epoch_draws, _EpochLog, place_model, validate
+from mnistlab.train import EpochCallback, EpochLog, FitResult, epoch_draws, place_model, validate
 from mnistlab.train_state import EMA, Tracker, TrainState
 
 
@@ -57,43 +58,75 @@ def semi_loss(logits_x: torch.Tensor, y: torch.Tensor, logits_weak: torch.Tensor
     return supervised + weight * unsupervised, mask.mean()
 
 
+def semi_epochs(total: int, pool: int, per_step: int) -> tuple[int, int]:
+    """Steps per epoch and epochs for ``total`` steps: an epoch draws about ``pool`` unlabelled images.
+
+    An epoch of the labelled set (a few steps when it is 100 images) would validate and checkpoint
+    every few steps; a pass over the unlabelled pool is the natural unit here. The epochs are equal,
+    so ``total`` rounds up by at most ``epochs - 1`` steps.
+    """
+    epochs = max(1, math.ceil(total / max(1, pool // max(1, per_step))))
+    return max(1, math.ceil(total / epochs)), epochs
+
+
+def align(logits_weak: torch.Tensor, spread: torch.Tensor | None, momentum: float = 0.999) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distribution alignment (Berthelot et al. 2020, ReMixMatch): weak-view log-probabilities scaled toward uniform classes.
+
+    ``spread`` is the running mean of the predicted class distribution (None: uniform so far); each
+    prediction is divided by it and renormalised, so no class takes the pseudo-labels over. Returns the aligned log-probabilities
+    (no gradient; used only for pseudo-labels) and the updated running mean.
+    """
+    with torch.no_grad():
+        p = F.softmax(logits_weak.detach().float(), dim=1)
+        if spread is None:
+            spread = torch.full_like(p[0], 1.0 / p.shape[1])
+        spread = momentum * spread + (1 - momentum) * p.mean(0)
+        q = p / spread
+        return torch.log(q / q.sum(1, keepdim=True)), spread
+
+
 def fit_semi(unlabelled: torch.Tensor, cfg: Config, model: torch.nn.Module, train_data: ImageData,
              val_data: ImageData | None, *, device: torch.device, run_dir: Any = None, resume: bool = False,
              quiet: bool = False, param_groups: list[dict[str, Any]] | None = None,
              epoch_callback: EpochCallback | None = None, max_steps: int | None = None) -> FitResult:
     """Train ``model`` on labelled ``train_data`` and the uint8 images ``unlabelled`` (called as ``train.fit`` is).
 
-    One process only; checkpoints at every epoch's end.
+    One process only. An epoch is about one pass over the unlabelled images (:func:`semi_epochs`);
+    checkpoints at every epoch's end.
     """
     if world()[1] > 1:
         raise ConfigError("semi-supervised fine-tuning runs in one process", hint="run it without torchrun / --nproc")
     sc, tc, n = cfg.finetune.semi, cfg.train, len(train_data)
     placed = place_model(model, tc, device, 1)
     batch = min(tc.batch_size, n)
-    steps = n // batch if max_steps is None else min(n // batch, max_steps)
+    total = tc.epochs * (n // batch) if max_steps is None else min(tc.epochs * (n // batch), max_steps)
+    steps, epochs = semi_epochs(total, len(unlabelled), sc.ratio * batch)
     groups = param_groups if param_groups is not None else [{"params": [p for p in placed.base.parameters() if p.requires_grad]}]
     optimizer = build_optimizer(groups, cfg.optim)
     ema = EMA(placed.base, tc.ema) if tc.ema > 0 else None
-    state = TrainState(placed.base, optimizer, Schedule(optimizer, cfg.schedule, steps, tc.epochs), ema,
+    state = TrainState(placed.base, optimizer, Schedule(optimizer, cfg.schedule, steps, epochs), ema,
                        Tracker(tc.early_stop_metric))
+    spread: torch.Tensor | None = None  # running mean of the weak views' class distribution (finetune.semi.align)
     if resume and run_dir is not None and has_checkpoint(run_dir):
-        state.load_state_dict(load_checkpoint(run_dir, map_location=device))
+        saved = load_checkpoint(run_dir, map_location=device)
+        state.load_state_dict(saved)
+        spread = saved.get("align")
     images, labels, pool = train_data.images.to(device), train_data.labels.to(device), unlabelled.to(device)
     mean, std, auto = train_data.mean, train_data.std, cfg.data.autocontrast
-    log = _EpochLog(run_dir, tc.epochs, quiet)
+    log = EpochLog(run_dir, epochs, quiet)
     if resume:
         log.restart(state.history)
     stopped_early = False
-    for epoch in range(state.epoch, tc.epochs):
+    for epoch in range(state.epoch, epochs):
         if state.tracker.bad_epochs >= tc.early_stop_patience > 0:
             stopped_early = True
             break
-        perm, gen = _epoch_draws(cfg.seed, epoch, 0, n, device)
+        _, gen = epoch_draws(cfg.seed, epoch, 0, n, device)
         placed.run.train()
         t0 = time.perf_counter()
         sums = torch.zeros(3, device=device)  # loss, labelled hits, confident share: summed over steps
-        for i in range(steps):
-            idx = perm[i * batch:(i + 1) * batch]
+        for _ in range(steps):
+            idx = torch.randint(n, (batch,), device=device, generator=gen)
             u = pool[torch.randint(len(pool), (sc.ratio * batch,), device=device, generator=gen)].float().div_(255)
             x = images[idx].float().div_(255)  # uint8 [B,C,H,W] -> float in [0, 1]
             views = [augment_batch(v, a, generator=gen) for v, a in ((x, cfg.data.augment), (u, cfg.data.augment),
@@ -103,6 +136,8 @@ def fit_semi(unlabelled: torch.Tensor, cfg: Config, model: torch.nn.Module, trai
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
                 logits = placed.run(both)
             lx, lw, ls = logits.split([len(x), len(u), len(u)])
+            if sc.align:
+                lw, spread = align(lw, spread)
             loss, confident = semi_loss(lx, labels[idx], lw, ls, threshold=sc.threshold, weight=sc.weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -119,7 +154,7 @@ def fit_semi(unlabelled: torch.Tensor, cfg: Config, model: torch.nn.Module, trai
         row = epoch_row(epoch + 1, mean_of[0], mean_of[1], optimizer, seconds, steps * batch * (1 + 2 * sc.ratio))
         row["confident"] = mean_of[2]  # share of unlabelled images above the threshold
         row.update(validate(state.weights, val_data, mean, std, tc, device, autocontrast=auto))
-        close_epoch(state, row, log, run_dir, epoch_callback)
+        close_epoch(state, row, log, run_dir, epoch_callback, extra={} if spread is None else {"align": spread})
     log.close()
     return FitResult(state.final_weights(tc.restore_best), state.history, state.elapsed, len(state.history),
                      state.tracker.best_epoch or len(state.history), stopped_early)

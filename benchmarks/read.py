@@ -75,7 +75,7 @@ def summarize(cells: list[dict]) -> str:
 
     lines = ["| length | " + " | ".join(f"{lv} string / char (%)" for lv in LEVELS) + " |",
              "|---:|" + "---:|" * len(LEVELS)]
-    for length in LENGTHS:
+    for length in sorted({c["length"] for c in cells}):
         row = [str(length)]
         for lv in LEVELS:
             cs = [c for c in cells if c["length"] == length and c["level"] == lv]

@@ -61,7 +61,8 @@ def run_cell(dataset: str, shots: int, method: str, seed: int, parent: Path, ext
     result = finetune(cfg, out=work / f"{dataset}-{shots}-{method}-{seed}", quiet=True)
     s = result.summary
     return {"test_accuracy": s["test_accuracy"], "train_seconds": s["train_seconds"],
-            "wall_seconds": round(time.perf_counter() - t0, 1), "unlabelled": s.get("unlabelled")}
+            "wall_seconds": round(time.perf_counter() - t0, 1), "unlabelled": s.get("unlabelled"),
+            "overrides": extra, "parent": str(parent)}  # per cell: the "env" block describes the last invocation only
 
 
 def table(results: dict) -> str:

@@ -175,14 +175,16 @@ def test_artifact_round_trip_needs_no_pickle(tmp_path, monkeypatch):
     np.testing.assert_allclose(CtcReader.load(copy).frames(line), want, atol=1e-6)
 
 
+@pytest.mark.slow  # three small trainings: about 25 s on an idle core, over a minute on a busy one
 def test_the_recipe_trains_resumes_exactly_and_reads(synthetic_data, capsys, monkeypatch):
-    """A dry run of read-ctc writes a run; interrupted after its first epoch and resumed it ends
+    """A small run of read-ctc writes a run; interrupted after its first epoch and resumed it ends
     with the same weights; `mnistlab read` on it answers the JSON schema."""
     from safetensors.torch import load_file
 
     import mnistlab.read_train as rt
 
-    args = ["train", "read-ctc", "train.epochs=2", "--dry-run", "--quiet"]
+    args = ["train", "read-ctc", "train.epochs=2", "read.steps_per_epoch=3", "read.val_strings=4", "read.test_strings=4",
+            "read.workers=0", "train.batch_size=4", "--quiet"]  # small by its config: --resume reads config.yaml
     assert main([*args, "--out", "whole"]) == 0
     summary = json.loads(Path("whole/summary.json").read_text())
     assert summary["task"] == "read" and summary["test_accuracy"] is not None and summary["epochs"] == 2
@@ -213,6 +215,17 @@ def test_the_recipe_trains_resumes_exactly_and_reads(synthetic_data, capsys, mon
     assert set(obj) == {"path", "text", "confidence", "chars"} and len(obj["text"]) == 4
     assert all(set(c) == {"char", "confidence", "box"} and len(c["box"]) == 4 for c in obj["chars"])
     assert Image.open("boxed/s.read.png").size == Image.open("s.png").size
+
+
+def test_read_json_schema_and_boxed_png_with_a_ctc_run(tmp_path, capsys):
+    run = make_ctc_artifact(tmp_path / "ctc")
+    img = tmp_path / "s.png"
+    img.write_bytes(png_bytes(scan(4)))
+    assert main(["read", str(run), str(img), "--json", "--expect-length", "4", "--out", str(tmp_path / "boxed")]) == 0
+    obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(obj) == {"path", "text", "confidence", "chars"} and len(obj["text"]) == 4 == len(obj["chars"])
+    assert all(set(c) == {"char", "confidence", "box"} and len(c["box"]) == 4 for c in obj["chars"])
+    assert Image.open(tmp_path / "boxed" / "s.read.png").size == Image.open(img).size
 
 
 def test_read_errors_with_a_ctc_run(tmp_path, capsys):

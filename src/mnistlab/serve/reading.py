@@ -19,7 +19,6 @@ from starlette.concurrency import run_in_threadpool
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.predict import Predictor
 from mnistlab.read import StringReader
-from mnistlab.read_ctc import CtcReader
 from mnistlab.serve.payload import PayloadError, extract_images, int_param, read_body
 from mnistlab.serve.settings import Settings
 
@@ -35,12 +34,16 @@ READ_PARAMS = [
 
 def add_read_route(app: FastAPI, predictor: Predictor, settings: Settings, body_doc: dict[str, Any]) -> None:
     """Register ``POST /read`` on ``app``."""
-    base: StringReader | CtcReader = (CtcReader.load(settings.read_model) if getattr(settings, "read_model", None)
-                                      else StringReader(predictor))
-    model_name = base.name if isinstance(base, CtcReader) else predictor.name
-    readers: dict[str | None, StringReader | CtcReader] = {None: base}
+    base: Any = StringReader(predictor)
+    model_name = predictor.name
+    if getattr(settings, "read_model", None):  # the sequence reader needs torch: imported only then (ONNX serving has none)
+        from mnistlab.read_ctc import CtcReader
 
-    def reader_for(charset: str | None) -> StringReader | CtcReader:
+        base = CtcReader.load(settings.read_model)
+        model_name = base.name
+    readers: dict[str | None, Any] = {None: base}
+
+    def reader_for(charset: str | None) -> Any:
         if charset is not None and (not charset or len(charset) > MAX_CHARSET):
             raise PayloadError(422, f"charset must be 1 to {MAX_CHARSET} characters")
         if charset not in readers:

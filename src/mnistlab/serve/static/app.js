@@ -16,7 +16,6 @@ const statusEl = document.getElementById("status");
 const widthEl = document.getElementById("width");
 
 let classes = [];
-let drawing = false;
 let last = null;
 let hasInk = false;
 let inFlight = false;
@@ -25,10 +24,7 @@ let lastSent = 0;
 let timer = null;
 let generation = 0; // bumped by Clear so late answers for an old drawing are dropped
 
-function setStatus(text, isError = false) {
-  statusEl.textContent = text;
-  statusEl.classList.toggle("error", isError);
-}
+const setStatus = (text, isError = false) => mnistlabPage.setStatus(statusEl, text, isError);
 
 function buildBars(names) {
   bars.innerHTML = "";
@@ -55,11 +51,6 @@ function resetView() {
   hasInk = false;
 }
 
-function point(event) {
-  const rect = pad.getBoundingClientRect();
-  return [(event.clientX - rect.left) * (pad.width / rect.width), (event.clientY - rect.top) * (pad.height / rect.height)];
-}
-
 function strokeTo(p) {
   ctx.strokeStyle = "#fff";
   ctx.fillStyle = "#fff";
@@ -80,28 +71,21 @@ function strokeTo(p) {
   hasInk = true;
 }
 
-pad.addEventListener("pointerdown", (e) => {
-  e.preventDefault();
-  pad.setPointerCapture(e.pointerId);
-  drawing = true;
-  last = null;
-  strokeTo(point(e));
-  schedule();
-});
-pad.addEventListener("pointermove", (e) => {
-  if (!drawing) return;
-  e.preventDefault();
-  for (const ev of e.getCoalescedEvents ? e.getCoalescedEvents() : [e]) strokeTo(point(ev));
-  schedule();
-});
-for (const type of ["pointerup", "pointercancel"]) {
-  pad.addEventListener(type, () => {
-    if (!drawing) return;
-    drawing = false;
+const drawingPad = mnistlabPage.drawingPad(pad, {
+  start(p) {
+    last = null;
+    strokeTo(p);
+    schedule();
+  },
+  move(points) {
+    for (const p of points) strokeTo(p);
+    schedule();
+  },
+  end() {
     last = null;
     schedule(true);
-  });
-}
+  },
+});
 
 document.getElementById("clear").addEventListener("click", () => {
   generation += 1;
@@ -142,27 +126,24 @@ function schedule(final = false) {
   if (inFlight) { pending = true; return; }
   const wait = final ? 0 : Math.max(0, THROTTLE_MS - (performance.now() - lastSent));
   clearTimeout(timer);
-  timer = setTimeout(() => pad.toBlob((blob) => send(blob, generation), "image/png"), wait);
+  timer = setTimeout(async () => send(await mnistlabPage.canvasBlob(pad), generation), wait);
 }
 
 async function send(blob, gen) {
   inFlight = true;
   pending = false;
   lastSent = performance.now();
-  const form = new FormData();
-  form.append("file", blob, "drawing.png");
   try {
-    const res = await fetch(`/predict?preview=true&top_k=${Math.max(1, classes.length)}`, { method: "POST", body: form });
-    const data = await res.json();
+    const answer = await mnistlabPage.postImage(`/predict?preview=true&top_k=${Math.max(1, classes.length)}`, blob);
     if (gen !== generation) return;
-    if (!res.ok) { setStatus(data.error || `error ${res.status}`, true); return; }
-    render(data);
+    if (!answer.ok) { setStatus(mnistlabPage.errorText(answer), true); return; }
+    render(answer.body);
     setStatus("");
   } catch (err) {
     setStatus(`server unreachable: ${err.message}`, true);
   } finally {
     inFlight = false;
-    if (pending && gen === generation) schedule(!drawing);
+    if (pending && gen === generation) schedule(!drawingPad.isDrawing());
   }
 }
 

@@ -57,18 +57,15 @@
     busy = true;
     again = false;
     try {
-      const blob = await new Promise((resolve) => pad.toBlob(resolve, "image/png"));
-      const form = new FormData();
-      form.append("file", blob, "drawing.png");
-      const res = await fetch(`/explain?method=${encodeURIComponent(methodEl.value)}`, { method: "POST", body: form });
-      const data = await res.json();
+      const blob = await mnistlabPage.canvasBlob(pad);
+      const answer = await mnistlabPage.postImage(`/explain?method=${encodeURIComponent(methodEl.value)}`, blob);
       if (document.body.dataset.state !== "predicted") return; // cleared while the request ran
-      if (!res.ok) {
+      if (!answer.ok) {
         heat.dataset.state = "error";
-        statusEl.textContent = data.error || `error ${res.status}`;
+        statusEl.textContent = mnistlabPage.errorText(answer);
         return;
       }
-      draw(data);
+      draw(answer.body);
     } catch (err) {
       statusEl.textContent = `server unreachable: ${err.message}`;
     } finally {

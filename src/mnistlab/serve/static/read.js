@@ -2,7 +2,7 @@
 // and see them read. The pad (dark ink on white paper) is sent as a PNG to /read when a stroke
 // ends; the server cuts it into characters, prepares each by the one preprocessing path and
 // answers with the text, a confidence per character and for the string, and a box per
-// character, which are drawn over the pad. Self-contained: it shares nothing with app.js.
+// character, which are drawn over the pad. Drawing and posting go through pad.js, as app.js's do.
 "use strict";
 
 (() => {
@@ -18,16 +18,12 @@
   const lengthEl = document.getElementById("string-length");
   const panel = document.getElementById("string-mode");
 
-  let drawing = false;
   let last = null;
   let hasInk = false;
   let generation = 0; // bumped by Clear and by every new stroke: an answer for an older drawing is dropped
   let timer = null;
 
-  function setStatus(text, isError = false) {
-    statusEl.textContent = text;
-    statusEl.classList.toggle("error", isError);
-  }
+  const setStatus = (text, isError = false) => mnistlabPage.setStatus(statusEl, text, isError);
 
   function reset() {
     ctx.fillStyle = "#fff";
@@ -40,11 +36,6 @@
     panel.dataset.chars = "0";
     hasInk = false;
     setStatus("");
-  }
-
-  function point(event) {
-    const rect = pad.getBoundingClientRect();
-    return [(event.clientX - rect.left) * (pad.width / rect.width), (event.clientY - rect.top) * (pad.height / rect.height)];
   }
 
   function stroke(from, to) {
@@ -87,25 +78,24 @@
     const n = parseInt(lengthEl.value, 10);
     const query = Number.isInteger(n) && n > 0 ? `?expect_length=${n}` : "";
     panel.dataset.state = "reading";
-    pad.toBlob(async (blob) => {
+    mnistlabPage.canvasBlob(pad).then(async (blob) => {
       try {
-        const response = await fetch(`/read${query}`, { method: "POST", headers: { "Content-Type": "image/png" }, body: blob });
-        const body = await response.json();
+        const answer = await mnistlabPage.postImage(`/read${query}`, blob);
         if (mine !== generation) return;
-        if (!response.ok) {
-          setStatus(body.error || `error ${response.status}`, true);
+        if (!answer.ok) {
+          setStatus(mnistlabPage.errorText(answer), true);
           panel.dataset.state = "error";
           return;
         }
         setStatus("");
-        show(body);
+        show(answer.body);
       } catch (err) {
         if (mine === generation) {
           setStatus(`cannot reach the server (${err})`, true);
           panel.dataset.state = "error";
         }
       }
-    }, "image/png");
+    });
   }
 
   function schedule() {
@@ -113,29 +103,22 @@
     timer = setTimeout(send, 250); // one request after the writer pauses, not one per stroke
   }
 
-  pad.addEventListener("pointerdown", (event) => {
-    event.preventDefault();
-    clearTimeout(timer);
-    generation += 1;
-    panel.dataset.state = "drawing";
-    pad.setPointerCapture(event.pointerId);
-    drawing = true;
-    last = point(event);
-    stroke(last, last);
+  mnistlabPage.drawingPad(pad, {
+    start(p) {
+      clearTimeout(timer);
+      generation += 1;
+      panel.dataset.state = "drawing";
+      last = p;
+      stroke(last, last);
+    },
+    move(points) {
+      for (const p of points) {
+        stroke(last, p);
+        last = p;
+      }
+    },
+    end: schedule,
   });
-  pad.addEventListener("pointermove", (event) => {
-    if (!drawing) return;
-    const p = point(event);
-    stroke(last, p);
-    last = p;
-  });
-  const end = () => {
-    if (!drawing) return;
-    drawing = false;
-    schedule();
-  };
-  pad.addEventListener("pointerup", end);
-  pad.addEventListener("pointercancel", end);
   document.getElementById("string-clear").addEventListener("click", () => {
     generation += 1;
     clearTimeout(timer);

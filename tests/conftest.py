@@ -76,3 +76,24 @@ def real_data_dir() -> Path:
     if not d or not (Path(d) / "mnist").is_dir():
         pytest.skip("set MNISTLAB_DATA_DIR to a folder holding mnist/ to run real-data tests")
     return Path(d)
+
+
+@pytest.fixture
+def interrupt_after_checkpoint(monkeypatch):
+    """``interrupt(module, n, exc)``: make ``module.save_checkpoint`` raise ``exc`` right after its
+    ``n``-th save, as a crash between two checkpoints would; returns the real function so that a test
+    can put it back before resuming."""
+
+    def interrupt(module, n: int, exc: type[BaseException] = KeyboardInterrupt):
+        real, calls = module.save_checkpoint, []
+
+        def save_then_stop(run_dir, state):
+            real(run_dir, state)
+            calls.append(1)
+            if len(calls) == n:
+                raise exc
+
+        monkeypatch.setattr(module, "save_checkpoint", save_then_stop)
+        return real
+
+    return interrupt

@@ -56,21 +56,12 @@ class _Stop(Exception):
     pass
 
 
-def test_resume_gives_the_same_final_weights(synthetic_data, capsys, monkeypatch):
+def test_resume_gives_the_same_final_weights(synthetic_data, capsys, monkeypatch, interrupt_after_checkpoint):
     argv = ["pretrain", *QUICK, "train.epochs=3", "train.batch_size=200", "pretrain.probe_images=0"]
     assert _cli(capsys, *argv, "--out", "full")[0] == 0
     from mnistlab import ssl
 
-    original = ssl.save_checkpoint
-    calls = []
-
-    def stop_after_second(run_dir, state):
-        original(run_dir, state)
-        calls.append(1)
-        if len(calls) == 2:
-            raise _Stop
-
-    monkeypatch.setattr(ssl, "save_checkpoint", stop_after_second)
+    original = interrupt_after_checkpoint(ssl, 2, _Stop)
     assert _cli(capsys, *argv, "--out", "part")[0] == 1
     assert not Path("part/model.safetensors").exists()
     monkeypatch.setattr(ssl, "save_checkpoint", original)

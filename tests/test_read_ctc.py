@@ -176,7 +176,7 @@ def test_artifact_round_trip_needs_no_pickle(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # three small trainings: about 25 s on an idle core, over a minute on a busy one
-def test_the_recipe_trains_resumes_exactly_and_reads(synthetic_data, capsys, monkeypatch):
+def test_the_recipe_trains_resumes_exactly_and_reads(synthetic_data, capsys, monkeypatch, interrupt_after_checkpoint):
     """A small run of read-ctc writes a run; interrupted after its first epoch and resumed it ends
     with the same weights; `mnistlab read` on it answers the JSON schema."""
     from safetensors.torch import load_file
@@ -192,15 +192,7 @@ def test_the_recipe_trains_resumes_exactly_and_reads(synthetic_data, capsys, mon
         p.name for p in Path("whole").iterdir()}
     assert json.loads(Path("whole/model.json").read_text())["arch"] == "crnn"
 
-    real, calls = rt.save_checkpoint, []
-
-    def stop_after_first(run_dir, state):
-        real(run_dir, state)
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rt, "save_checkpoint", stop_after_first)
+    real = interrupt_after_checkpoint(rt, 1)
     assert main([*args, "--out", "cut"]) != 0  # interrupted after the first epoch's checkpoint
     monkeypatch.setattr(rt, "save_checkpoint", real)
     assert not Path("cut/summary.json").exists()

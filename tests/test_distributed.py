@@ -29,6 +29,10 @@ RECIPE = ["model.name=cnn", "train.batch_size=64", "data.val_size=200", "optim.n
           # ranks draw their own augmentation by design, so equality with one process needs it off
           "data.augment.translate=0", "data.augment.speckle=0"]
 LAUNCH_TIMEOUT_S = 120
+# Weights of 1 and 2 processes after a few SGD epochs differ by float reassociation alone: up to
+# ~2e-5 here (1.6e-5 seen in about 1 run of 8); one SGD epoch at lr 0.05 moves them far more, and
+# ranks that drew their own augmentation end > 1e-2 apart (test below).
+SAME = 1e-4
 
 # A worker that kills itself (SIGKILL, like the OOM killer) on rank 1 right after epoch 2.
 KILLER = '''
@@ -122,7 +126,7 @@ def test_two_gloo_processes_train_the_same_weights_as_one(synthetic_data, tmp_pa
     run_training(load_config(resolve_recipe(None), [*overrides, "train.batch_size=32"]), out="per-rank", quiet=True)
 
     w1, w2 = load_file("one/model.safetensors"), load_file("two/model.safetensors")
-    assert _max_diff(w1, w2) < 1e-5
+    assert _max_diff(w1, w2) < SAME
     assert _max_diff(w1, load_file("per-rank/model.safetensors")) > 1e-2
     rows1 = [json.loads(x) for x in Path("one/metrics.jsonl").read_text().splitlines()]
     rows2 = [json.loads(x) for x in Path("two/metrics.jsonl").read_text().splitlines()]
@@ -158,7 +162,7 @@ def test_a_dead_rank_ends_the_job_with_one_clear_error_and_an_intact_checkpoint(
     resumed = run_training(resume_config(Path("run")), resume_dir=Path("run"), quiet=True)  # one process here
     assert resumed.fit.history[-1]["epoch"] == 3 and Path("run/summary.json").is_file()
     run_training(load_config(resolve_recipe(None), overrides), out="one", quiet=True)
-    assert _max_diff(load_file("one/model.safetensors"), load_file("run/model.safetensors")) < 1e-5
+    assert _max_diff(load_file("one/model.safetensors"), load_file("run/model.safetensors")) < SAME
 
 
 @pytest.mark.slow
@@ -170,7 +174,7 @@ def test_both_ranks_resume_after_a_dead_rank(synthetic_data, tmp_path):
     assert rows[-1]["epoch"] == 3 and Path("run/summary.json").is_file()
     # both ranks read the checkpoint: the result is the uninterrupted one-process run's
     run_training(load_config(resolve_recipe(None), overrides), out="one", quiet=True)
-    assert _max_diff(load_file("one/model.safetensors"), load_file("run/model.safetensors")) < 1e-5
+    assert _max_diff(load_file("one/model.safetensors"), load_file("run/model.safetensors")) < SAME
 
 
 @pytest.mark.slow
@@ -187,4 +191,4 @@ def test_finetune_with_gradual_unfreezing_runs_unchanged_under_torchrun(syntheti
                   "-m", "mnistlab", *argv, "--out", "two")
     assert two.returncode == 0, two.stderr[-2000:]
     assert main([*argv, "--out", "one"]) == 0
-    assert _max_diff(load_file("one/model.safetensors"), load_file("two/model.safetensors")) < 1e-5
+    assert _max_diff(load_file("one/model.safetensors"), load_file("two/model.safetensors")) < SAME

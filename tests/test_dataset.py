@@ -134,6 +134,20 @@ def test_folder_dataset(tmp_path, capsys):
     assert images[5:, :, 18:].sum() > 0.2 * images[5:].sum()
 
 
+def test_a_val_size_too_large_for_a_small_folder_falls_back_to_a_tenth_and_says_so(tmp_path, capsys):
+    from mnistlab.config import load_config, resolve_recipe
+    from mnistlab.splits import make_splits
+
+    _make_folder(tmp_path / "digits")  # 10 images; the default val_size is 5000
+    cfg = load_config(resolve_recipe(None), [f"data.dataset=folder:{tmp_path / 'digits'}"])
+    splits = make_splits(cfg, test=False)
+    assert len(splits.val) == 1 and len(splits.train) == 9
+    assert "data.val_size=5000 is over a quarter of the 10 training images; validating on 10%" in capsys.readouterr().err
+    make_splits(load_config(resolve_recipe(None), [f"data.dataset=folder:{tmp_path / 'digits'}", "data.val_size=2"]),
+                test=False)
+    assert "note: data.val_size" not in capsys.readouterr().err  # a size that fits is used as given, silently
+
+
 def test_folder_train_test_layout(tmp_path):
     for split, n in (("train", 3), ("test", 2)):
         for cls, shape in (("a", "bar"), ("b", "ring")):

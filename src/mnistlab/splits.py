@@ -96,6 +96,9 @@ def make_splits(cfg: Config, *, pool: ImageData | None = None, test: bool = True
     dc = cfg.data
     train = load_pool(cfg, progress=progress) if pool is None else pool
     val_size = effective_val_size(dc.val_size, len(train))
+    if val_size != dc.val_size and progress:
+        print(f"note: data.val_size={dc.val_size:g} is over a quarter of the {len(train):,} training images; "
+              f"validating on {val_size:.0%} of them instead (set data.val_size to choose)", file=sys.stderr)
     train, val = split_train_val(train, val_size, seed=cfg.seed) if val_size > 0 else (train, None)
     if dc.train_limit is not None:
         train = train.subset(torch.arange(min(dc.train_limit, len(train))))

@@ -17,6 +17,7 @@ model.safetensors + model.json (arch ``crnn``), metrics.jsonl, summary.json, che
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from mnistlab.artifact import ModelCard, Preprocess, library_versions, save_artifact
 from mnistlab.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
@@ -170,6 +172,8 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
     val_strings = eval_strings(val.images[:, 0].numpy(), val.labels.numpy(), n_val, [cfg.seed, 1], EVAL_LENGTHS)
 
     model = CRNN(num_classes=len(classes), height=rc.height, **cfg.model.args).to(device)
+    if tc.channels_last:  # max-pooling and the convolutions' backward are ~1.5x faster so on a CPU
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     schedule = Schedule(optimizer, cfg.schedule, steps, tc.epochs)
     ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
@@ -198,16 +202,24 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
         loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
                                              prefetch_factor=8 if workers else None)
         losses = []
-        for step, b in enumerate(loader):
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", total=steps, leave=False, unit="step",
+                   disable=quiet or not os.isatty(2), dynamic_ncols=True)  # a log or pipe gets the epoch line only
+        for step, b in enumerate(bar):
             lr = schedule.set_step(epoch * steps + step)
-            logits = model(b["x"].to(device), b["frames"])  # [B, T, K + 1]
-            logp = logits.log_softmax(-1).transpose(0, 1)  # [T, B, K + 1], as CTCLoss takes it
+            x = b["x"].to(device)
+            if tc.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                logits = model(x, b["frames"])  # [B, T, K + 1]
+            logp = logits.float().log_softmax(-1).transpose(0, 1)  # [T, B, K + 1], as CTCLoss takes it
             loss = ctc(logp, b["targets"], b["frames"], b["target_lengths"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or 5.0)
             optimizer.step()
             losses.append(float(loss.detach()))
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.1e}", refresh=False)
         val_string, val_char = string_accuracy(model, val_strings, classes, rc.height, device)
         state.seconds += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_string_acc": val_string,

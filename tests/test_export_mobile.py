@@ -53,6 +53,38 @@ def test_ort_float_and_int8_with_parity_reports(synthetic_data, tmp_path, capsys
     assert is_ort_format(q) and q.stat().st_size < out.stat().st_size  # int8 weights
 
 
+def test_predict_and_serve_take_the_ort_file(synthetic_data, tmp_path, capsys):
+    """An .ort file is run by ONNX Runtime like an .onnx one: same probabilities as the artifact;
+    explain names what it needs instead."""
+    from PIL import Image
+
+    from fastapi.testclient import TestClient
+
+    from mnistlab.predict import load_predictor
+    from mnistlab.serve import Settings, create_app
+
+    artifact = make_artifact(tmp_path / "art", arch="lenet5")
+    out = tmp_path / "m.ort"
+    assert main(["export", str(artifact), "--format", "ort", "--out", str(out), "--check-images", "50"]) == 0
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 30), dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    rows = []
+    for model in (artifact, out):
+        assert main(["predict", str(model), str(image), "--json"]) == 0
+        rows.append(json.loads(capsys.readouterr().out))
+    assert rows[0]["label"] == rows[1]["label"]
+    assert abs(rows[0]["probability"] - rows[1]["probability"]) < 1e-4
+    predictor = load_predictor(out)
+    assert predictor.backend == "onnxruntime" and predictor.name == "m"
+    with TestClient(create_app(Settings(model=str(out), threads=1))) as client:
+        r = client.post("/predict", files={"file": ("digit.png", image.read_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] == rows[0]["label"] and abs(r.json()["probability"] - rows[0]["probability"]) < 1e-4
+    assert main(["explain", str(out), str(image), "--out", str(tmp_path / "ex")]) == 2
+    assert "explanations need the PyTorch model" in capsys.readouterr().err
+
+
 def test_phone_export_refusals(synthetic_data, tmp_path, capsys):
     artifact = make_artifact(tmp_path / "art", arch="linear")
     (tmp_path / "taken.ort").write_bytes(b"x")

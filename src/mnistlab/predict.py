@@ -30,7 +30,7 @@ from PIL import Image
 from mnistlab.data.registry import MNIST_MEAN, MNIST_STD
 from mnistlab.errors import ModelError
 
-ONNX_SUFFIX = ".onnx"
+ONNX_SUFFIXES = (".onnx", ".ort")  # ONNX Runtime reads both: the graph, or its ORT-format build
 META_CARD = "mnistlab.card"  # ONNX metadata_props key holding the model card as JSON
 RUN_CHUNK = 1024  # images per forward pass when predicting many
 
@@ -77,7 +77,7 @@ class Predictor:
     def __init__(self, card: dict[str, Any], source: Path) -> None:
         self.card = card
         self.source = source
-        self.name = source.stem if source.suffix == ONNX_SUFFIX else source.name
+        self.name = source.stem if is_onnx_file(source) else source.name
         self.classes: list[str] = [str(c) for c in card["classes"]]
         pre = card.get("preprocess") or {}
         self.size = int(pre.get("size", 28))
@@ -206,7 +206,7 @@ class OnnxPredictor(Predictor):
             raise ModelError("running an .onnx model needs onnxruntime", hint="pip install 'mnistlab[export]'") from None
         file = Path(path)
         if not file.is_file():
-            raise ModelError(f"model '{path}' not found", hint="give a run directory or an .onnx file from `mnistlab export`")
+            raise ModelError(f"model '{path}' not found", hint="give a run directory, or an .onnx or .ort file from `mnistlab export`")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -230,12 +230,17 @@ class OnnxPredictor(Predictor):
         return logits, probs
 
 
+def is_onnx_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` names an ONNX Runtime model (``.onnx``, or ``.ort`` from ``export --format ort``)."""
+    return Path(path).suffix.lower() in ONNX_SUFFIXES
+
+
 def load_predictor(path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None) -> Predictor:
-    """A predictor for a run directory / artifact (eager PyTorch) or an ``.onnx`` file (ONNX Runtime).
+    """A predictor for a run directory / artifact (eager PyTorch) or an ``.onnx``/``.ort`` file (ONNX Runtime).
 
     ``threads`` sets the backend's intra-op thread count (None: leave the default).
     """
-    if Path(path).suffix.lower() == ONNX_SUFFIX:
+    if is_onnx_file(path):
         return OnnxPredictor(path, threads=threads)
     if threads:
         import torch

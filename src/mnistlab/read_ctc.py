@@ -28,7 +28,7 @@ from mnistlab.data.segment import StringImage
 from mnistlab.errors import ModelError
 from mnistlab.models.crnn import ARCH, STRIDE, build_crnn
 from mnistlab.models.ctc import Span, confidences, exact_length, greedy
-from mnistlab.predict import ONNX_SUFFIX, load_predictor
+from mnistlab.predict import is_onnx_file, load_predictor
 from mnistlab.read import CharReading, Reading, StringReader, open_string_image, resolve_charset
 
 
@@ -103,7 +103,7 @@ def _frame_box(work: StringImage, line, u0: float, u1: float) -> tuple[int, int,
 
 def is_sequence_model(path: str | os.PathLike) -> bool:
     """True when ``path`` is a run or artifact of the sequence reader (a ``crnn`` card)."""
-    if Path(path).suffix.lower() == ONNX_SUFFIX:
+    if is_onnx_file(path):
         return False
     return read_card(path).arch == ARCH
 

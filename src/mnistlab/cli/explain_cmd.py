@@ -46,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from mnistlab.data.images import load_image
     from mnistlab.errors import ConfigError, MnistlabError
     from mnistlab.explain import explain_images
-    from mnistlab.predict import TorchPredictor, find_images
+    from mnistlab.predict import TorchPredictor, find_images, is_onnx_file
 
-    if Path(args.model).suffix.lower() == ".onnx":
-        raise ConfigError("explanations need the PyTorch model", hint="give the run directory the .onnx came from")
+    if is_onnx_file(args.model):
+        raise ConfigError("explanations need the PyTorch model", hint="give the run directory the exported file came from")
     predictor = TorchPredictor(args.model)  # the preprocessing; its model is BatchNorm-folded, without stages
     model, _ = load_artifact(args.model)
     target = class_index(args.target, predictor.classes)

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with a trained or exported model",
                        description="Classify image files and folders with a run directory, artifact or .onnx file.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="a run directory, a folder with model.json, or an .onnx file")
+    p.add_argument("model", metavar="MODEL", help="a run directory, a folder with model.json, or an .onnx or .ort file")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="how many classes to list per image (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")

@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Read the string of characters in each image, left to right.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="a sequence-reader run (train read-ctc), or a classifier's run "
-                   "directory, folder with model.json or .onnx file")
+                   "directory, folder with model.json, .onnx or .ort file")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders (searched recursively)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     p.add_argument("--expect-length", type=int, metavar="N", help="read exactly N characters from each image")

@@ -15,7 +15,7 @@ ENV_VAR = "MNISTLAB_SERVE_SETTINGS"  # how `serve --workers N` hands the setting
 class Settings:
     """What ``create_app`` needs: the model and the limits."""
 
-    model: str  # a run directory, an artifact folder or an .onnx file
+    model: str  # a run directory, an artifact folder, or an .onnx or .ort file
     device: str = "cpu"
     threads: int | None = None  # inference threads per process; None: the backend's default
     max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies get 413

@@ -56,9 +56,8 @@ def test_ort_float_and_int8_with_parity_reports(synthetic_data, tmp_path, capsys
 def test_predict_and_serve_take_the_ort_file(synthetic_data, tmp_path, capsys):
     """An .ort file is run by ONNX Runtime like an .onnx one: same probabilities as the artifact;
     explain names what it needs instead."""
-    from PIL import Image
-
     from fastapi.testclient import TestClient
+    from PIL import Image
 
     from mnistlab.predict import load_predictor
     from mnistlab.serve import Settings, create_app

@@ -15,7 +15,6 @@ mapped back to the input image's pixels.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from mnistlab.artifact import load_artifact
 from mnistlab.cli.main import main
-from mnistlab.config import load_config, resolve_recipe, shipped_recipes
+from mnistlab.config import load_config, resolve_recipe, shipped_recipes, started_dry
 from mnistlab.evaluate import predict_logits
 from mnistlab.runner import run_training
 
@@ -125,6 +125,24 @@ def test_resume_via_cli(synthetic_data, capsys):
         run_training(cfg, out="part", quiet=True, epoch_callback=_stop_after(1))
     code, out, _ = _cli(capsys, "train", "--resume", "part", "--quiet", "--json")
     assert code == 0 and json.loads(out)["epochs"] == 2
+
+
+def test_resume_of_a_dry_run_stays_a_dry_run(synthetic_data, capsys):
+    """--dry-run leaves a marker in its run directory, so --resume continues on the same small
+    slice (before, it trained the resumed run at full size) and ends with the same weights."""
+    cfg = load_config(None, FAST)
+    full = run_training(cfg, out="full", quiet=True, dry_run=True)
+    with pytest.raises(_Stop):
+        run_training(cfg, out="part", quiet=True, dry_run=True, epoch_callback=_stop_after(1))
+    assert started_dry("part")
+    code, out, _ = _cli(capsys, "train", "--resume", "part")
+    assert code == 0 and "was started with --dry-run" in out
+    summary = json.loads(Path("part/summary.json").read_text())
+    assert summary["train_images"] == full.summary["train_images"] < 1000
+    a, b = load_file("full/model.safetensors"), load_file("part/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    run_training(load_config(None, FAST + ["train.epochs=1"]), out="big", quiet=True)
+    assert not started_dry("big")
 
 
 def test_same_seed_same_result_and_other_seed_differs(synthetic_data):

@@ -442,6 +442,22 @@ def save_config(cfg: Config, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
+DRY_RUN_MARKER = "dry-run"  # a file in a run directory started with --dry-run
+
+
+def save_run_config(cfg: Config, run_dir: Path, *, dry_run: bool = False) -> None:
+    """A new run directory's config.yaml; a ``--dry-run`` also leaves a marker, so that
+    ``--resume`` continues it on the same small slice instead of at full size."""
+    save_config(cfg, Path(run_dir) / "config.yaml")
+    if dry_run:
+        atomic_write_text(Path(run_dir) / DRY_RUN_MARKER, "started with --dry-run: --resume continues it on the same small slice\n")
+
+
+def started_dry(run_dir: str | Path) -> bool:
+    """True when the run in ``run_dir`` was started with ``--dry-run``."""
+    return (Path(run_dir) / DRY_RUN_MARKER).is_file()
+
+
 RECIPES_DIR = Path(__file__).parent / "configs"
 DEFAULT_RECIPE = "mnist-fast"
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mnistlab.artifact import ModelCard, Preprocess, library_versions, save_artifact
-from mnistlab.config import Config, save_config
+from mnistlab.config import Config, save_run_config
 from mnistlab.device import resolve_device
 from mnistlab.distributed import default_threads
 from mnistlab.models import count_params, create_model
@@ -54,7 +54,7 @@ def pretrain(cfg: Config, *, out: str | Path | None = None, resume_dir: str | Pa
     backbone = create_model(cfg.model.name, in_channels=images.shape[1], num_classes=1, **cfg.model.args)
     run_dir = Path(resume_dir) if resume_dir is not None else new_run_dir(out, prefix="pretrain")
     if resume_dir is None:
-        save_config(cfg, run_dir / "config.yaml")
+        save_run_config(cfg, run_dir, dry_run=dry_run)
     if not quiet:
         print(f"run {run_dir}: {cfg.pretrain.objective} pretraining of {cfg.model.name} "
               f"({count_params(backbone):,} params) on {len(images):,} unlabelled images of {cfg.data.dataset}, device {device}")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from mnistlab.artifact import ModelCard, Preprocess, library_versions, save_artifact
 from mnistlab.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from mnistlab.config import Config, save_config
+from mnistlab.config import Config, save_run_config
 from mnistlab.data.images import ImageError
 from mnistlab.data.segment import StringImage
 from mnistlab.data.strings import LEVELS, edit_distance, make_string, training_string
@@ -180,7 +180,7 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
     run_dir = Path(resume_dir) if resume_dir is not None else new_run_dir(out, prefix="train")
     state = _State(history=[])
     if resume_dir is None:
-        save_config(cfg, run_dir / "config.yaml")
+        save_run_config(cfg, run_dir, dry_run=dry_run)
     elif has_checkpoint(run_dir):
         saved = load_checkpoint(run_dir)
         model.load_state_dict(saved["model"])

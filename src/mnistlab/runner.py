@@ -12,7 +12,7 @@ import torch
 from mnistlab.artifact import ModelCard, Preprocess, library_versions, save_artifact
 from mnistlab.calibration import fit_temperature
 from mnistlab.checkpoint import has_checkpoint
-from mnistlab.config import Config, config_from_dict, load_yaml, save_config, validate_config
+from mnistlab.config import Config, config_from_dict, load_yaml, save_run_config, validate_config
 from mnistlab.data.imagedata import ImageData
 from mnistlab.data.registry import DATASETS
 from mnistlab.device import resolve_device, world
@@ -100,7 +100,7 @@ def run_training(cfg: Config, *, out: str | Path | None = None, resume_dir: Path
     else:  # created once, by rank 0; every rank learns the path (a resume reads it on all ranks)
         run_dir = on_main(lambda: new_run_dir(out, prefix=plan.prefix))
     if main and resume_dir is None:
-        save_config(cfg, run_dir / "config.yaml")
+        save_run_config(cfg, run_dir, dry_run=dry_run)
     if main and not quiet and resume_dir is not None and not has_checkpoint(run_dir):
         print(f"{run_dir} was stopped before its first checkpoint: training from the first step")
     if main and not quiet:

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if args.source or args.items or args.dataset or args.strategy or args.shots or args.merge or args.unlabelled:
             raise ConfigError("--resume takes no FROM, recipe, overrides or flags",
                               hint="a resumed run keeps its saved config.yaml, parent included")
-        return resume_run(args, lambda cfg, run_dir: finetune(cfg, resume_dir=run_dir, quiet=args.quiet))
+        return resume_run(args, lambda cfg, run_dir, dry: finetune(cfg, resume_dir=run_dir, quiet=args.quiet, dry_run=dry))
     if not args.source:
         raise ConfigError("no model to fine-tune from", hint="give a run directory or artifact: mnistlab finetune FROM ...")
     cfg = build_config(args)

@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Pretrain as the arguments say, or resume a run; the exit status."""
     from mnistlab.cli.train_cmd import split_items
-    from mnistlab.config import load_config, resolve_recipe
+    from mnistlab.config import load_config, resolve_recipe, started_dry
     from mnistlab.errors import ConfigError
     from mnistlab.pretrain import pretrain, result_line
     from mnistlab.runner import completed_summary, resume_config
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if done is not None:
             print(f"{args.resume} is already complete, nothing to resume: {result_line(done, args.resume)}")
             return 0
-        pretrain(resume_config(args.resume), resume_dir=args.resume, quiet=args.quiet)
+        pretrain(resume_config(args.resume), resume_dir=args.resume, quiet=args.quiet, dry_run=started_dry(args.resume))
         return 0
     recipe, overrides = split_items(args.items)
     pretrain(load_config(resolve_recipe(recipe or DEFAULT_RECIPE), overrides), out=args.out, quiet=args.quiet,

@@ -89,6 +89,7 @@ def run_seeds(args: argparse.Namespace, cfg, train_one) -> int:
 
 def resume_run(args: argparse.Namespace, verb_resume) -> int:
     """``--resume RUN`` for train and finetune: say so when RUN is complete, else continue it exactly."""
+    from mnistlab.config import started_dry
     from mnistlab.runner import completed_summary, result_line, resume_config
 
     run_dir = Path(args.resume)
@@ -98,7 +99,10 @@ def resume_run(args: argparse.Namespace, verb_resume) -> int:
         print(json.dumps(done) if args.json else f"{run_dir} is already complete ({done.get('epochs')} epochs), "
               f"nothing to resume: {result_line(done, run_dir)}")
         return 0
-    result = verb_resume(cfg, run_dir)
+    dry = started_dry(run_dir)
+    if dry and not args.quiet:
+        print(f"{run_dir} was started with --dry-run: resuming it on the same small slice")
+    result = verb_resume(cfg, run_dir, dry)
     if args.json:
         print(json.dumps(result.summary))
     return 0
@@ -124,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
             from mnistlab.errors import ConfigError
 
             raise ConfigError("--resume takes no recipe or overrides", hint="a resumed run keeps its saved config.yaml")
-        return resume_run(args, lambda cfg, run_dir: run_training(cfg, resume_dir=run_dir, quiet=args.quiet))
+        return resume_run(args, lambda cfg, run_dir, dry: run_training(cfg, resume_dir=run_dir, quiet=args.quiet,
+                                                                      dry_run=dry))
     recipe, overrides = split_items(args.items)
     cfg = load_config(resolve_recipe(recipe), overrides)
     return run_seeds(args, cfg, lambda c, out: run_training(c, out=out, quiet=args.quiet, dry_run=args.dry_run))

@@ -30,7 +30,7 @@ work = Path(tempfile.mkdtemp())
 train = load_dataset("mnist", "train", progress=False)
 lab = class_balanced_subset(train, 10, seed=seed)
 seen = {bytes(i.numpy().tobytes()) for i in lab.images}
-keep = torch.tensor([bytes(i.numpy().tobytes()) not in seen for i in train.images])
+keep = torch.tensor([bytes(i.numpy().tobytes()) not in seen for i in train.images])  # as finetune.semi.keep_apart, keeping the labels to score
 rest = train.subset(keep)
 g = torch.Generator().manual_seed(1234)
 perm = torch.randperm(len(rest), generator=g)
@@ -54,7 +54,7 @@ teacher = model
 for r in range(rounds):
     with torch.no_grad():
         lg = logits_of(teacher, pool.images, tta=True)
-    p = F.softmax(lg, 1); conf, pl = p.max(1)
+    conf, pl = F.softmax(lg, 1).max(1)
     if mode == "all":
         sel = torch.ones(len(pl), dtype=torch.bool)
     else:  # class-balanced top fraction, growing

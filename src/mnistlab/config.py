@@ -144,20 +144,48 @@ def _strong_augment() -> AugmentConfig:
     return AugmentConfig(rotate=30.0, translate=0.2, scale=0.25, shear=20.0, erase=0.5)
 
 
+def _round_augment() -> AugmentConfig:
+    return AugmentConfig(rotate=10.0, translate=0.1, scale=0.1, shear=5.0)
+
+
+@dataclass
+class SelfTrainingConfig:
+    """``finetune.semi.method: self-training``: rounds that train the parent afresh on pseudo-labels.
+
+    Round 0 fine-tunes on the labelled images alone (the run's own settings); each later round
+    labels every unlabelled image with the last round's model (test-time augmentation) and
+    trains the parent's starting weights again on those labels plus the labelled images,
+    with the one-cycle settings below.
+    """
+
+    rounds: int = 5  # pseudo-labelling rounds after round 0
+    epochs: int = 5  # epochs of each round over the pseudo-labelled set
+    batch_size: int = 128
+    lr: float = 0.02  # one-cycle peak (adamw)
+    weight_decay: float = 0.0001
+    label_smoothing: float = 0.1  # pseudo-labels are partly wrong: softened targets
+    repeat: int = 20  # the labelled images appear this many times in each round's set
+    bf16: bool = True  # the rounds and their labelling: bfloat16 autocast and channels_last (fast on AVX-512 bf16 CPUs)
+    augment: AugmentConfig = field(default_factory=_round_augment)
+
+
 @dataclass
 class SemiConfig:
-    """Semi-supervised fine-tuning, FixMatch-style (``finetune.semi``; --unlabelled sets ``unlabelled``).
+    """Semi-supervised fine-tuning (``finetune.semi``; --unlabelled sets ``unlabelled``).
 
-    Each step adds ``ratio`` unlabelled images per labelled one; a weakly augmented view whose top
-    probability reaches ``threshold`` gives a pseudo-label that the strongly augmented view learns.
+    ``method: fixmatch``: each step adds ``ratio`` unlabelled images per labelled one; a weakly
+    augmented view whose top probability reaches ``threshold`` gives a pseudo-label that the
+    strongly augmented view learns. ``method: self-training``: see :class:`SelfTrainingConfig`.
     """
 
     unlabelled: str | None = None  # dataset spec whose training images (labels never read) train too; None = off
+    method: str = "fixmatch"  # fixmatch | self-training
     threshold: float = 0.95  # confidence a pseudo-label needs (softmax probability of the weak view)
     ratio: int = 7  # unlabelled images per labelled image in a step (FixMatch's mu)
     weight: float = 1.0  # weight of the unlabelled loss beside the labelled one (FixMatch's lambda_u)
     strong: AugmentConfig = field(default_factory=_strong_augment)  # the strong view; the weak one is data.augment
     align: bool = False  # distribution alignment of the pseudo-labels toward uniform classes (ReMixMatch)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)  # method: self-training
 
 
 @dataclass
@@ -177,7 +205,7 @@ class FinetuneConfig:
     merge: bool = False  # lora: fold the adapters into plain weights in the saved artifact
     steps: int | None = None  # optimizer steps in all, overriding train.epochs; None = the recipe's epochs
     small: SmallDataConfig = field(default_factory=SmallDataConfig)
-    semi: SemiConfig = field(default_factory=SemiConfig)  # --unlabelled: FixMatch-style semi-supervised
+    semi: SemiConfig = field(default_factory=SemiConfig)  # --unlabelled: semi-supervised (FixMatch or self-training)
 
 
 def _pretrain_augment() -> AugmentConfig:
@@ -357,6 +385,9 @@ RANGES: dict[str, Range] = {
     "FinetuneConfig.shots": Range(1), "FinetuneConfig.layer_lr_decay": POSITIVE, "FinetuneConfig.lora_rank": Range(1),
     "FinetuneConfig.lora_alpha": POSITIVE, "FinetuneConfig.steps": Range(1),
     "SemiConfig.threshold": PROBABILITY, "SemiConfig.ratio": Range(1),
+    "SelfTrainingConfig.rounds": Range(1), "SelfTrainingConfig.epochs": Range(1),
+    "SelfTrainingConfig.batch_size": Range(1), "SelfTrainingConfig.lr": POSITIVE,
+    "SelfTrainingConfig.label_smoothing": FRACTION, "SelfTrainingConfig.repeat": Range(1),
     "PretrainConfig.temperature": POSITIVE, "PretrainConfig.projection_dim": Range(1),
     "PretrainConfig.projection_hidden": Range(1), "PretrainConfig.probe_steps": Range(1),
     "ReadConfig.height": Range(8), "ReadConfig.max_length": Range(1, 40), "ReadConfig.steps_per_epoch": Range(1),

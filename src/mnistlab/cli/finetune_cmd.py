@@ -35,11 +35,17 @@ need no tuning; these replace the recipe's settings (all are finetune.small.* ke
   - augmentation: rotate 10 degrees, translate 10%, scale 10% (unless data.augment is set).
 finetune.small.below=0 turns this off; finetune.steps=N sets the steps for any size.
 
-semi-supervised (--unlabelled SPEC): each step also takes finetune.semi.ratio = 7 unlabelled
-images per labelled one; a weakly augmented view (data.augment) whose softmax reaches
-finetune.semi.threshold = 0.95 gives a pseudo-label that a strongly augmented view
-(finetune.semi.strong) is trained on (FixMatch). The unlabelled labels are never read, and any
-unlabelled image equal to a labelled one is dropped; summary.json records both sets."""
+semi-supervised (--unlabelled SPEC), finetune.semi.method:
+  - fixmatch (the default): each step also takes finetune.semi.ratio = 7 unlabelled images per
+    labelled one; a weakly augmented view (data.augment) whose softmax reaches
+    finetune.semi.threshold = 0.95 gives a pseudo-label that a strongly augmented view
+    (finetune.semi.strong) is trained on;
+  - self-training (finetune-few-labels): the fine-tune on the labelled images is round 0; each of
+    finetune.semi.self_training.rounds = 5 rounds labels every unlabelled image with the last
+    round's model and fine-tunes the parent afresh on them plus the labelled images, each round
+    resumable in RUN/rounds/<k>/.
+The unlabelled labels are never read, and any unlabelled image equal to a labelled one is
+dropped; summary.json records both sets."""
 
 EXAMPLES = """examples:
   mnistlab train --out runs/mnist                                        # pretrain on MNIST
@@ -53,7 +59,7 @@ EXAMPLES = """examples:
   mnistlab finetune runs/mnist --dataset fashion-mnist --shots 10 --seeds 3 --quiet   # mean and std
   mnistlab finetune --resume runs/finetune-20260101-120000             # continue an interrupted run
   mnistlab finetune runs/pretrain-cnn --dataset mnist --shots 10 --unlabelled mnist finetune-few-labels
-                                                    # semi-supervised: 100 labels, the other images unlabelled
+                                                    # self-training: 100 labels, the other images unlabelled
 
 shipped recipes: finetune-default (used when none is given), finetune-fashion-{head,lora,full,partial},
 finetune-letters, finetune-digits. Overrides are dotted key=value pairs (finetune.*, optim.*, train.*, ...).
@@ -76,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--merge", action="store_true", help="lora: save plain weights with the adapters folded in")
     p.add_argument("--reset-head", action="store_true", help="re-initialise the head even when the classes match")
     p.add_argument("--unlabelled", metavar="SPEC",
-                   help="also learn from these images, labels ignored (FixMatch-style; finetune.semi.*)")
+                   help="also learn from these images, labels ignored (FixMatch or self-training; finetune.semi.*)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted fine-tuning run where it stopped")
     add_run_options(p)
     add_common(p)

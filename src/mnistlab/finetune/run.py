@@ -6,7 +6,9 @@
     run    = run_training(cfg, plan=RunPlan(prefix="finetune", ...)): run directory, artifact, resume as `train`
 
 With ``finetune.semi.unlabelled`` (--unlabelled SPEC) the loop is ``finetune.semi.fit_semi``
-(FixMatch-style), fed the unlabelled images only, with every labelled image taken out of them.
+(FixMatch-style) or, with ``finetune.semi.method: self-training``, ``finetune.self_training``
+(rounds of pseudo-labels); either is fed the unlabelled images only, with every labelled image
+taken out of them.
 
 Small training sets (fewer than ``finetune.small.below`` images) get settings that work
 without tuning: a held-out fraction for early stopping with best-weights restore, light
@@ -30,6 +32,7 @@ from mnistlab.data.dataset import ImageData, class_balanced_subset, load_dataset
 from mnistlab.device import resolve_device
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.evaluate import predict_logits
+from mnistlab.finetune.self_training import fit_self_training
 from mnistlab.finetune.semi import fit_semi, keep_apart
 from mnistlab.finetune.strategies import (
     apply_depth,
@@ -135,6 +138,9 @@ def prepare_splits(cfg: Config, card: ModelCard, *, dry_run: bool = False,
         splits = dry_run_slice(splits)
     splits = Splits(*(_set_normalisation(d, card) for d in (splits.train, splits.val, splits.test)))
     return replace(cfg, train=train_cfg), splits, small
+
+
+SEMI_METHODS = {"fixmatch": fit_semi, "self-training": fit_self_training}  # finetune.semi.method -> its loop
 
 
 def parent_accuracy(parent: Parent, test: ImageData | None, cfg: Config) -> float | None:
@@ -254,6 +260,8 @@ def finetune(cfg: Config, *, out: str | Path | None = None, resume_dir: str | Pa
         raise ConfigError("no model to fine-tune from", hint="give a run directory or artifact: mnistlab finetune FROM ...")
     if ft.shots is not None and ft.shots < 1:
         raise ConfigError(f"--shots must be at least 1, got {ft.shots}", hint="e.g. --shots 10")
+    if ft.semi.method not in SEMI_METHODS:
+        raise ConfigError(f"unknown finetune.semi.method '{ft.semi.method}'", hint=f"choose one of: {', '.join(SEMI_METHODS)}")
     if ft.merge and ft.strategy != "lora":
         raise ConfigError("--merge folds LoRA adapters into the weights", hint="use it with --strategy lora")
     parent = load_parent(ft.parent)
@@ -266,8 +274,9 @@ def finetune(cfg: Config, *, out: str | Path | None = None, resume_dir: str | Pa
                      gradual=ft.gradual_unfreeze if ft.strategy in ("full", "partial") else 0)
     plan = RunPlan(builder=unfreeze.build, splits=splits, prefix="finetune")
     if ft.semi.unlabelled:
-        plan = replace(plan, fitter=partial(fit_semi, unlabelled_images(cfg, splits, summary, dry_run=dry_run,
-                                                                        progress=not quiet)))
+        fitter = SEMI_METHODS[ft.semi.method]
+        plan = replace(plan, fitter=partial(fitter, unlabelled_images(cfg, splits, summary, dry_run=dry_run,
+                                                                      progress=not quiet)))
     result = run_training(cfg, out=out, resume_dir=Path(resume_dir) if resume_dir is not None else None, quiet=quiet,
                           dry_run=dry_run, epoch_callback=unfreeze.epoch_done, plan=plan)
     if not quiet and result.summary and result.summary.get("parent_test_accuracy") is not None:

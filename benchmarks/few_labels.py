@@ -6,7 +6,7 @@ other training images are the unlabelled set (any image equal to a labelled one 
 `finetune.semi.keep_apart`). Methods, all through `mnistlab.finetune.run.finetune` with the
 recipe configs/finetune-few-labels.yaml, so every method trains the same steps on the same images:
 - `scratch`: a freshly initialised model of the same architecture, labelled images only;
-- `semi`: the same fresh model, plus the unlabelled images (`--unlabelled`, FixMatch-style);
+- `semi`: the same fresh model, plus the unlabelled images (`--unlabelled`; the recipe's `finetune.semi.method`, self-training);
 - `pretrain`: fine-tuned from a self-supervised `mnistlab pretrain` run (`--pretrained RUN`);
 - `both`: from that run, plus the unlabelled images.
 A method that needs `--pretrained` is left out without one. Accuracy is on the full 10,000-image

@@ -56,7 +56,8 @@ def test_every_round_starts_from_the_parent_and_learns_the_last_rounds_labels(pa
     def spy(cfg, model, data, val, **kw):
         calls.append({"start": {k: v.clone() for k, v in model.state_dict().items()}, "data": data, "cfg": cfg})
         result = real_fit(cfg, model, data, val, **kw)
-        calls[-1]["labels"] = self_training.pseudo_labels(result.model, images, data, cfg, torch.device("cpu"))
+        labelled = calls[0]["data"]  # round 0 trains on the labelled images alone; their class shares align the labels
+        calls[-1]["labels"] = self_training.pseudo_labels(result.model, images, labelled, cfg, torch.device("cpu"))
         return result
 
     monkeypatch.setattr(self_training, "fit", spy)
@@ -111,3 +112,17 @@ def test_an_unknown_method_is_refused(parent, pool, capsys):
                  "finetune.semi.method=mixmatch"])
     err = capsys.readouterr().err
     assert code != 0 and "mixmatch" in err and "self-training" in err and not Path("x").exists()
+
+
+def test_balance_gives_each_class_its_share_of_the_pseudo_labels():
+    torch.manual_seed(0)
+    logits = torch.randn(400, 3)
+    logits[:, 0] += 2.0  # a model that over-predicts class 0
+    p = torch.softmax(logits, 1)
+    shares = torch.tensor([0.5, 0.25, 0.25])
+    q = self_training.balance(p, shares)
+    assert torch.allclose(q.mean(0), shares, atol=1e-3) and torch.allclose(q.sum(1), torch.ones(400))
+    before, after = torch.bincount(p.argmax(1), minlength=3), torch.bincount(q.argmax(1), minlength=3)
+    assert before[0] > 300 and after[0] < before[0] and (after[1:] > before[1:]).all()
+    even = torch.eye(3).repeat(10, 1) * 4  # already balanced: labels unchanged
+    assert torch.equal(self_training.balance(torch.softmax(even, 1), torch.full((3,), 1 / 3)).argmax(1), even.argmax(1))

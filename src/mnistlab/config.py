@@ -165,6 +165,7 @@ class SelfTrainingConfig:
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1  # pseudo-labels are partly wrong: softened targets
     repeat: int = 20  # the labelled images appear this many times in each round's set
+    align: bool = True  # pseudo-labels' class shares made to match the labelled set's (no class takes others over)
     bf16: bool = True  # the rounds and their labelling: bfloat16 autocast and channels_last (fast on AVX-512 bf16 CPUs)
     augment: AugmentConfig = field(default_factory=_round_augment)
 

@@ -56,7 +56,23 @@ def pseudo_labels(model: torch.nn.Module, unlabelled: torch.Tensor, like: ImageD
                             device=device, bf16=cfg.train.bf16, channels_last=cfg.train.channels_last, tta=True,
                             mirror=cfg.data.augment.hflip > 0, autocontrast=cfg.data.autocontrast)
     model.train()
-    return logits.argmax(1).cpu()
+    if not cfg.finetune.semi.self_training.align:
+        return logits.argmax(1).cpu()
+    shares = like.class_counts().float()
+    return balance(torch.softmax(logits.float(), 1).cpu(), shares / shares.sum()).argmax(1)
+
+
+def balance(p: torch.Tensor, shares: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+    """Probabilities ``p`` ``[N, K]`` rescaled per class so that their mean over images is ``shares`` ``[K]``.
+
+    Alternately scales each class's column toward its share and renormalises each row (Sinkhorn
+    iterations): a model that over-predicts one class gives that class's doubtful images to the
+    others, so self-training cannot drift toward a few classes round after round.
+    """
+    for _ in range(iterations):
+        p = p * (shares / p.mean(0).clamp_min(1e-12))
+        p = p / p.sum(1, keepdim=True)
+    return p
 
 
 def fit_self_training(unlabelled: torch.Tensor, cfg: Config, model: torch.nn.Module, train_data: ImageData,

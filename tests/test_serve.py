@@ -316,7 +316,9 @@ def test_fast_path_takes_only_post_predict_and_maps_payload_errors():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-worker sockets are used on Linux")
-def test_workers_share_the_port_restart_and_stop_on_ctrl_c():
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_workers_share_the_port_restart_and_stop_on_ctrl_c(inherited):
+    """Ctrl-C stops the server also when it starts with SIGINT ignored (as a shell's background job does)."""
     import http.client
     import signal
     import socket
@@ -329,6 +331,7 @@ def test_workers_share_the_port_restart_and_stop_on_ctrl_c():
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(tiny_exported()[1]), "--workers", "2",
                                "--port", str(port)], env=env, start_new_session=True,
+                              preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" else None,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def health_pids(connections: int, deadline: float) -> set[int]:

@@ -68,9 +68,12 @@ def run_workers(settings: Settings, host: str, port: int, workers: int, log_leve
         proc.start()
         return proc, ready
 
-    procs = [start() for _ in range(workers)]
+    # Ctrl-C and SIGTERM stop the supervisor whatever handler it inherited: a parent that ignores
+    # SIGINT (a shell's background job, some test runners) would otherwise leave it restarting the
+    # workers that uvicorn's own handler has just shut down.
     stopping = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    previous = {sig: signal.signal(sig, lambda *_: stopping.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs = [start() for _ in range(workers)]
     try:
         while not stopping:
             time.sleep(0.25)
@@ -82,10 +85,9 @@ def run_workers(settings: Settings, host: str, port: int, workers: int, log_leve
                                       hint="its error is printed above; fix it and start again")
                 print(f"server worker {proc.pid} exited with code {proc.exitcode}; starting another", flush=True)
                 procs[i] = start()
-    except KeyboardInterrupt:  # Ctrl-C reaches the workers too; they shut down on their own
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for proc, _ in procs:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: uvicorn finishes the requests in flight, then exits

@@ -40,13 +40,13 @@ METHODS = ["scratch", "semi", "pretrain", "both"]
 RESULTS = Path(__file__).parent / "results"
 
 
-def fresh_parent(folder: Path, arch: str, seed: int) -> Path:
-    """A freshly initialised model artifact (`scratch` and `semi` start from it)."""
+def fresh_parent(folder: Path, arch: str, seed: int, mean: float = 0.1307, std: float = 0.3081) -> Path:
+    """A freshly initialised model artifact (`scratch` and `semi` start from it), normalising with ``mean``/``std``."""
     torch.manual_seed(seed)
     model = create_model(arch)
     save_artifact(folder, model, ModelCard(arch=model.arch_name, arch_args=dict(model.arch_args),
                                            classes=[str(i) for i in range(10)],
-                                           preprocess=Preprocess(mean=0.1307, std=0.3081), dataset="none"))
+                                           preprocess=Preprocess(mean=mean, std=std), dataset="none"))
     return folder
 
 

@@ -90,6 +90,18 @@ def test_scan_effects_are_seeded_bounded_and_switch_on_augmentation(digits):
     assert out.shape == x.shape and not torch.equal(out, x)
 
 
+def test_outline_turns_strokes_into_their_rings_only_on_its_own_draw():
+    x = torch.zeros(2, 1, 12, 12)
+    x[:, :, 4:8, 3:9] = 1.0  # a solid stroke
+    out = scan_effects(x, AugmentConfig(outline=1.0), torch.Generator().manual_seed(0))
+    ring = torch.zeros(12, 12, dtype=torch.bool)
+    ring[3:9, 2:10] = True
+    ring[4:8, 3:9] = False  # one pixel around the ink, the ink itself dark
+    assert torch.equal(out[0, 0] > 0.5, ring) and torch.equal(out[0], out[1])
+    assert AugmentConfig(outline=0.5, scan_prob=0.0).scan  # its own probability, not scan_prob
+    assert torch.equal(scan_effects(x, AugmentConfig(outline=1e-9), torch.Generator().manual_seed(0)), x)
+
+
 class _Oracle:
     """A classifier that reads the class off the image's brightest row (a stand-in for a model)."""
 

@@ -1,6 +1,9 @@
 """Self-training probe (issue 16): a teacher fine-tuned on 10 labels per class, then rounds of TTA pseudo-labels on the
 unlabelled training images and a fresh fastcnn trained on them plus the labelled images (x20). Scored on 5,000 held-out
-TRAINING images (labels read only to score); the test set is not read. Usage: python benchmarks/results/self_training_probe.py SEED all ROUNDS EPOCHS
+TRAINING images (labels read only to score); the test set is not read.
+Usage: python benchmarks/results/self_training_probe.py SEED MODE ROUNDS EPOCHS [DATASET [HFLIP]]
+MODE "all" labels every unlabelled image each round; a number q keeps, in round r, the (r + 1) * q most confident
+fraction of each predicted class (curriculum). HFLIP: mirror probability in the teacher's and the rounds' augmentation.
 """
 import sys
 import tempfile
@@ -25,9 +28,11 @@ seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 mode = sys.argv[2] if len(sys.argv) > 2 else "all"
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 epochs = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+dataset = sys.argv[5] if len(sys.argv) > 5 else "mnist"
+hflip = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 torch.set_num_threads(2)
 work = Path(tempfile.mkdtemp())
-train = load_dataset("mnist", "train", progress=False)
+train = load_dataset(dataset, "train", progress=False)
 lab = class_balanced_subset(train, 10, seed=seed)
 seen = {bytes(i.numpy().tobytes()) for i in lab.images}
 keep = torch.tensor([bytes(i.numpy().tobytes()) not in seen for i in train.images])  # as finetune.semi.keep_apart, keeping the labels to score
@@ -36,20 +41,20 @@ g = torch.Generator().manual_seed(1234)
 perm = torch.randperm(len(rest), generator=g)
 held, pool = rest.subset(perm[:5000]), rest.subset(perm[5000:])
 t0 = time.time()
-parent = fresh_parent(work / "fresh", "fastcnn", seed)
-cfg = load_config(resolve_recipe("finetune-few-labels"), [f"seed={seed}", "data.dataset=mnist", f"finetune.parent={parent}",
-      "finetune.shots=10", "finetune.steps=1500", "train.threads=2"])
+parent = fresh_parent(work / "fresh", "fastcnn", seed, mean=train.mean, std=train.std)
+cfg = load_config(resolve_recipe("finetune-few-labels"), [f"seed={seed}", f"data.dataset={dataset}", f"finetune.parent={parent}",
+      "finetune.shots=10", "finetune.steps=1500", "train.threads=2", f"data.augment.hflip={hflip}"])
 res = finetune(cfg, out=work / "teacher", quiet=True)
 model, card = load_artifact(work / "teacher")
 pp = card.preprocess
 def logits_of(m, imgs, tta=False):
     return predict_logits(m, imgs, mean=pp.mean, std=pp.std, autocontrast=pp.autocontrast, tta=tta, bf16=True, channels_last=True)
-def acc(m, tta=False):
+def acc(m, tta=False):  # TTA over shifts (no mirror images)
     return (logits_of(m, held.images, tta).argmax(1) == held.labels).float().mean().item()
 print(f"teacher held {acc(model):.4f} secs {time.time()-t0:.0f}", flush=True)
 scfg = load_config(resolve_recipe("mnist-fast"), [f"seed={seed}", f"train.epochs={epochs}", "train.threads=2",
      "data.augment.rotate=10", "data.augment.translate=0.1", "data.augment.scale=0.1", "data.augment.shear=5",
-     "train.label_smoothing=0.1"])
+     "train.label_smoothing=0.1", f"data.augment.hflip={hflip}"])
 teacher = model
 for r in range(rounds):
     with torch.no_grad():

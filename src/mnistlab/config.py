@@ -43,6 +43,7 @@ class AugmentConfig:
     fade: float = 0.0  # max loss of ink contrast: ink ends between 1 and 1 - fade above the paper
     shading: float = 0.0  # max amplitude of a smooth uneven background (shadows, stains), in [0, 1]
     lines: float = 0.0  # probability of a solid ruling line across the image
+    outline: float = 0.0  # probability that the strokes become their outlines (hollow ink: pens that pool at the edges, edge-traced scans)
     scan_prob: float = 0.5  # probability that each of the effects above is applied to an image
 
     @property
@@ -53,9 +54,9 @@ class AugmentConfig:
 
     @property
     def scan(self) -> bool:
-        """True when any scan-like effect (noise, speckle, blur, paper, fade, shading, lines) is switched on."""
-        return self.scan_prob > 0 and any(v > 0 for v in (self.noise, self.speckle, self.blur, self.paper, self.fade,
-                                                          self.shading, self.lines))
+        """True when any scan-like effect (noise, speckle, blur, paper, fade, shading, lines, outline) is switched on."""
+        return (self.scan_prob > 0 and any(v > 0 for v in (self.noise, self.speckle, self.blur, self.paper, self.fade,
+                                                           self.shading, self.lines))) or self.outline > 0
 
     @property
     def geometric(self) -> bool:
@@ -374,7 +375,8 @@ RANGES: dict[str, Range] = {
     "AugmentConfig.scale": FRACTION, "AugmentConfig.shear": Range(0, 90, high_open=True),
     "AugmentConfig.elastic_sigma": POSITIVE, "AugmentConfig.erase": PROBABILITY, "AugmentConfig.hflip": PROBABILITY,
     "AugmentConfig.speckle": PROBABILITY, "AugmentConfig.paper": PROBABILITY, "AugmentConfig.fade": PROBABILITY,
-    "AugmentConfig.shading": PROBABILITY, "AugmentConfig.lines": PROBABILITY, "AugmentConfig.scan_prob": PROBABILITY,
+    "AugmentConfig.shading": PROBABILITY, "AugmentConfig.lines": PROBABILITY, "AugmentConfig.outline": PROBABILITY,
+    "AugmentConfig.scan_prob": PROBABILITY,
     "DataConfig.train_limit": Range(1),
     "OptimConfig.lr": POSITIVE, "OptimConfig.momentum": FRACTION, "OptimConfig.betas": FRACTION,
     "ScheduleConfig.min_lr": PROBABILITY, "ScheduleConfig.step_epochs": Range(1), "ScheduleConfig.gamma": POSITIVE,

@@ -133,12 +133,20 @@ def _ruling_lines(x: torch.Tensor, generator: torch.Generator | None) -> torch.T
     return ((half_width + 0.5 - dist).clamp(0, 1) * ink).unsqueeze(1)
 
 
+def _outline(x: torch.Tensor) -> torch.Tensor:
+    """The strokes of float [B, C, H, W] (ink white on black) as hollow outlines: the one-pixel ring
+    that a 3x3 dilation adds around the ink, scaled so that each image's brightest ring is 1."""
+    ring = (F.max_pool2d(x, 3, stride=1, padding=1) - x).clamp(min=0)
+    return ring / ring.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
+
+
 def scan_effects(x: torch.Tensor, p: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """What a scanner or camera does to a page, on float images [B, C, H, W] in [0, 1] (ink white on black).
 
     In this order, each applied to an image with probability ``p.scan_prob`` at a strength drawn
     uniformly up to its setting: blur (sigma per axis), uneven shading, grey paper and faded ink,
-    a ruling line, Gaussian noise, speckle. The result is clamped to [0, 1].
+    a ruling line, Gaussian noise, speckle. Before them, with probability ``p.outline`` (not
+    ``scan_prob``), the strokes turn into their outlines. The result is clamped to [0, 1].
     """
     b, _, h, w = x.shape
 
@@ -146,6 +154,8 @@ def scan_effects(x: torch.Tensor, p: AugmentConfig, generator: torch.Generator |
         return _per_image(x, generator) < p.scan_prob  # bool [B, 1, 1, 1]
 
     out = x
+    if p.outline > 0:
+        out = torch.where(_per_image(x, generator) < p.outline, _outline(x), x)
     if p.blur > 0:
         on = chosen().flatten()
         sy = _per_image(x, generator).flatten() * p.blur * on

@@ -155,6 +155,30 @@ def test_fastcnn_depth_adds_convs_per_stage() -> None:
     assert count_params(one) == 29_178
 
 
+def test_fastcnn_speed_knobs_keep_shapes_and_reorder_layers() -> None:
+    plain = create_model("fastcnn")
+    fast = create_model("fastcnn", pool_first=True, strided_stem=True)
+    assert count_params(fast) == count_params(plain) == 29_178
+    assert fast.head.in_features == plain.head.in_features == 64 * 3 * 3
+    kinds = [[type(m).__name__ for m in stage] for stage in fast.blocks()]
+    assert kinds[0] == ["Conv2d", "BatchNorm2d", "ReLU"]  # the strided conv halves the side, no pool
+    assert fast.body.stage1[0].stride == (2, 2)
+    assert kinds[1] == kinds[2] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert [type(m).__name__ for m in plain.body.stage2] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    x = batch()
+    with torch.no_grad():
+        assert fast.eval().forward_features(x).shape == (2, 576)
+        torch.testing.assert_close(fast(x.to(memory_format=torch.channels_last)), fast(x))
+    rebuilt = create_model("fastcnn", **fast.arch_args)
+    rebuilt.load_state_dict(fast.state_dict(), strict=True)
+    assert rebuilt.arch_args["pool_first"] and rebuilt.arch_args["strided_stem"]
+    odd = create_model("fastcnn", strided_stem=True, image_size=29)  # 29 -> 15 -> 7 -> 3
+    assert odd(batch(size=29)).shape == (2, 10) and odd.head.in_features == 64 * 3 * 3
+    deep = create_model("fastcnn", pool_first=True, depth=2, widths=[8, 16])
+    assert [type(m).__name__ for m in deep.body.stage1] == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "MaxPool2d",
+                                                            "BatchNorm2d", "ReLU"]
+
+
 def test_count_params_trainable_only() -> None:
     model = create_model("cnn")
     for block in model.blocks():

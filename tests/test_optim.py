@@ -53,3 +53,30 @@ def test_unknown_names_are_config_errors():
         build_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimConfig(name="lion"))
     with pytest.raises(ConfigError, match="cosine"):
         _schedule(name="exp")
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_adam_takes_the_same_steps_as_the_plain_one(name: str):
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(7)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(4)]
+    finals = {}
+    for fused in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = build_optimizer(params, OptimConfig(name=name, lr=0.1, weight_decay=0.01, fused=fused))
+        assert bool(opt.defaults["fused"]) is fused
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        finals[fused] = [p.detach() for p in params]
+    for a, b, s0 in zip(finals[True], finals[False], start):
+        assert not torch.equal(a, s0)  # the steps moved the weights
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_is_skipped_where_no_kernel_can_take_the_parameters():
+    params = [torch.nn.Parameter(torch.zeros(2, dtype=torch.float64)), torch.nn.Parameter(torch.zeros(2))]
+    assert build_optimizer(params, OptimConfig(name="adamw")).defaults["fused"]
+    meta = [torch.nn.Parameter(torch.zeros(2, device="meta"))]
+    assert not build_optimizer(meta, OptimConfig(name="adamw")).defaults["fused"]

@@ -23,11 +23,21 @@ def build_optimizer(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Opti
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
         )
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    if cfg.name in ("adam", "adamw"):
+        cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+        return cls(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, fused=cfg.fused and _fusable(params))
     raise ConfigError(f"unknown optimizer '{cfg.name}'", hint=f"optim.name is one of {', '.join(OPTIMIZERS)}")
+
+
+def _fusable(params: list[Any]) -> bool:
+    """True when one fused kernel can update every parameter (float tensors on a CPU or CUDA device).
+
+    The fused Adam(W) update does the same arithmetic in one pass over each tensor instead of a
+    dozen elementwise ops per tensor: about 4x less optimizer time per step on a CPU for a small
+    convnet (benchmarks/README.md).
+    """
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    return bool(tensors) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
 
 
 class Schedule:

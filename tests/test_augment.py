@@ -154,3 +154,21 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def test_shading_is_the_bilinear_sum_of_three_random_grids():
+    """The matrix form of the shading equals upsampling each grid with F.interpolate and summing 4:2:1."""
+    import torch.nn.functional as F
+
+    from mnistlab.data.augment import _value_noise
+
+    x = torch.zeros(6, 1, 28, 20)
+    got = _value_noise(x, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    field = torch.zeros(6, 1, 28, 20)
+    for cells, weight in ((3, 4.0), (6, 2.0), (12, 1.0)):
+        grid = torch.rand(6, 1, cells, cells, generator=gen)
+        field = field + weight * F.interpolate(grid, size=(28, 20), mode="bilinear", align_corners=True)
+    lo, hi = field.amin(dim=(2, 3), keepdim=True), field.amax(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(got, (field - lo) / (hi - lo), rtol=0, atol=1e-5)
+    assert got.amin() == 0 and got.amax() == 1 and got.shape == x.shape

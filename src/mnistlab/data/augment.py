@@ -6,6 +6,7 @@ every random draw comes from the caller's generator, so a seed reproduces a batc
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -107,14 +108,46 @@ def _blur_each(x: torch.Tensor, sy: torch.Tensor, sx: torch.Tensor, radius: int)
     return v.view(b, c, h, w)
 
 
+def _upsample_matrix(n: int, cells: int, device: torch.device) -> torch.Tensor:
+    """Bilinear upsampling (align_corners=True) from ``cells`` to ``n`` values along one axis, as a matrix [n, cells].
+
+    ``m @ v`` equals ``F.interpolate`` of v's first axis; bilinear is separable, so two small matrix
+    products upsample a batch of grids several times faster on a CPU than ``F.interpolate``.
+    """
+    src = torch.arange(n, device=device, dtype=torch.float32) * ((cells - 1) / max(n - 1, 1))
+    lo = src.floor().clamp(max=cells - 2).long() if cells > 1 else torch.zeros(n, dtype=torch.long, device=device)
+    frac = (src - lo).clamp(0, 1) if cells > 1 else torch.zeros(n, device=device)
+    m = torch.zeros(n, cells, device=device)
+    rows = torch.arange(n, device=device)
+    m[rows, lo] = 1 - frac
+    if cells > 1:
+        m[rows, lo + 1] += frac
+    return m
+
+
+_OCTAVES = ((3, 4.0), (6, 2.0), (12, 1.0))  # (cells a side, weight) of the shading's random grids
+
+
+@functools.lru_cache(maxsize=16)
+def _octave_matrices(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every octave's weighted upsampling side by side: [H, 21] for the rows, [21, W] for the columns."""
+    rows = torch.cat([weight * _upsample_matrix(h, cells, device) for cells, weight in _OCTAVES], dim=1)
+    cols = torch.cat([_upsample_matrix(w, cells, device) for cells, _ in _OCTAVES], dim=1).T
+    return rows, cols
+
+
 def _value_noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Smooth random shading float [B, 1, H, W] in [0, 1]: random grids of 3, 6 and 12 cells a side,
     upsampled bilinearly, weighted 4:2:1 and summed (shadows, stains, uneven paper)."""
     b, _, h, w = x.shape
-    field = torch.zeros(b, 1, h, w, device=x.device)
-    for cells, weight in ((3, 4.0), (6, 2.0), (12, 1.0)):
-        coarse = torch.rand(b, 1, cells, cells, device=x.device, generator=generator)
-        field = field + weight * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
+    total = sum(cells for cells, _ in _OCTAVES)
+    grids = torch.zeros(b, 1, total, total, device=x.device)  # the octaves' grids as diagonal blocks
+    at = 0
+    for cells, _ in _OCTAVES:
+        grids[:, :, at:at + cells, at:at + cells] = torch.rand(b, 1, cells, cells, device=x.device, generator=generator)
+        at += cells
+    rows, cols = _octave_matrices(h, w, x.device)
+    field = rows @ grids @ cols  # [H, 21] @ [B, 1, 21, 21] @ [21, W] -> [B, 1, H, W]: the weighted sum of the octaves
     lo = field.amin(dim=(2, 3), keepdim=True)
     return (field - lo) / (field.amax(dim=(2, 3), keepdim=True) - lo).clamp(min=1e-6)
 

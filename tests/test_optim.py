@@ -66,11 +66,11 @@ def test_fused_adam_takes_the_same_steps_as_the_plain_one(name: str):
         opt = build_optimizer(params, OptimConfig(name=name, lr=0.1, weight_decay=0.01, fused=fused))
         assert bool(opt.defaults["fused"]) is fused
         for step in grads:
-            for p, g in zip(params, step):
+            for p, g in zip(params, step, strict=True):
                 p.grad = g.clone()
             opt.step()
         finals[fused] = [p.detach() for p in params]
-    for a, b, s0 in zip(finals[True], finals[False], start):
+    for a, b, s0 in zip(finals[True], finals[False], start, strict=True):
         assert not torch.equal(a, s0)  # the steps moved the weights
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

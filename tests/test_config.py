@@ -76,3 +76,15 @@ def test_every_shipped_recipe_parses(name):
 def test_apply_overrides_builds_nested_sections():
     data = apply_overrides({}, ["data.augment.rotate=10"])
     assert config_from_dict(data).data.augment.rotate == 10.0
+
+
+def test_naming_another_model_drops_the_recipes_model_args():
+    recipe = resolve_recipe("mnist-fast")
+    assert load_config(recipe).model.args  # the default recipe sets fastcnn's knobs
+    assert load_config(recipe, ["model.name=resnet"]).model.args == {}
+    kept = load_config(recipe, ["model.name=fastcnn"]).model.args  # the same model keeps them
+    assert kept == load_config(recipe).model.args
+    both = load_config(recipe, ["model.args.widths=[8,16]", "model.name=lenet5", "model.args.dropout=0.1"])
+    assert both.model.name == "lenet5" and both.model.args == {"widths": [8, 16], "dropout": 0.1}
+    whole = load_config(recipe, ["model.args={depth: 2}", "model.name=resnet"])
+    assert whole.model.args == {"depth": 2}

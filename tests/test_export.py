@@ -61,6 +61,27 @@ def test_onnx_matches_eager_for_any_batch_size():
     assert parity.same_predictions == 1.0 and parity.max_logit_diff <= 1e-5 and parity.images == 600
 
 
+def test_the_default_recipes_network_exports_with_parity(tmp_path):
+    """fastcnn with the default recipe's knobs (stride-2 stem, pool before BatchNorm) in the ONNX graph."""
+    from mnistlab.config import load_config, resolve_recipe
+    from mnistlab.export import export_onnx
+    from mnistlab.models import create_model
+
+    cfg = load_config(resolve_recipe("mnist-fast"))
+    assert cfg.model.args.get("strided_stem") and cfg.model.args.get("pool_first")
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, **cfg.model.args)
+    with torch.no_grad():  # BatchNorm statistics away from 0/1 so that the order of pool and BN matters
+        model.train()(torch.rand(64, 1, 28, 28) * 3)
+    model.eval()
+    artifact = make_artifact(tmp_path / "art", arch="fastcnn")
+    _, card = load_artifact(artifact)
+    card.arch_args = dict(model.arch_args)
+    path = export_onnx(model, card, tmp_path / "fast.onnx")
+    parity = check_parity(model, card, path, "onnx", random_pixels(300), None, "random")
+    assert parity.same_predictions == 1.0 and parity.max_logit_diff <= 1e-4 and parity.images == 300
+
+
 def test_torchscript_export_roundtrip(tmp_path):
     artifact, _ = tiny_exported()
     model, card = load_artifact(artifact)

@@ -434,10 +434,22 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set dotted ``key=value`` overrides into a nested mapping (checked later)."""
+    """Set dotted ``key=value`` overrides into a nested mapping (checked later).
+
+    ``model.name=OTHER`` drops the recipe's ``model.args``: they are knobs of the model the recipe
+    names (``mnistlab train model.name=resnet`` on the default recipe must not hand fastcnn's
+    knobs to a ResNet). ``model.args.*`` given as overrides are kept.
+    """
     valid = ", ".join(_valid_keys(Config))
+    given_args: set[str] = set()
     for item in overrides:
         path, value = _parse_override(item)
+        if path[:2] == ["model", "args"]:
+            given_args.update([path[2]] if len(path) > 2 else (value if isinstance(value, dict) else {}))
+        if path == ["model", "name"] and isinstance(data.get("model"), dict) and data["model"].get("name") != value:
+            args = data["model"].get("args")
+            if isinstance(args, dict):
+                data["model"]["args"] = {k: v for k, v in args.items() if k in given_args}
         node: dict[str, Any] = data
         cls: Any = Config
         for i, part in enumerate(path[:-1]):

@@ -109,19 +109,18 @@ def _blur_each(x: torch.Tensor, sy: torch.Tensor, sx: torch.Tensor, radius: int)
 
 
 def _upsample_matrix(n: int, cells: int, device: torch.device) -> torch.Tensor:
-    """Bilinear upsampling (align_corners=True) from ``cells`` to ``n`` values along one axis, as a matrix [n, cells].
+    """Bilinear upsampling (align_corners=True) from ``cells`` >= 2 to ``n`` values along one axis, as a matrix [n, cells].
 
     ``m @ v`` equals ``F.interpolate`` of v's first axis; bilinear is separable, so two small matrix
     products upsample a batch of grids several times faster on a CPU than ``F.interpolate``.
     """
     src = torch.arange(n, device=device, dtype=torch.float32) * ((cells - 1) / max(n - 1, 1))
-    lo = src.floor().clamp(max=cells - 2).long() if cells > 1 else torch.zeros(n, dtype=torch.long, device=device)
-    frac = (src - lo).clamp(0, 1) if cells > 1 else torch.zeros(n, device=device)
+    lo = src.floor().clamp(max=cells - 2).long()  # the left neighbour; the last point uses the last pair
+    frac = src - lo
     m = torch.zeros(n, cells, device=device)
     rows = torch.arange(n, device=device)
     m[rows, lo] = 1 - frac
-    if cells > 1:
-        m[rows, lo + 1] += frac
+    m[rows, lo + 1] = frac
     return m
 
 

@@ -59,18 +59,18 @@ def fastcnn(
     """
     require(len(widths) >= 1 and min(widths) >= 1, f"widths must be positive, got {list(widths)}",
             "e.g. widths=[16, 32, 64]")
+    strides = [2 if i == 0 and strided_stem else 1 for i in range(len(widths))]  # 1: the stage max-pools
     side = image_size
-    for i in range(len(widths)):
-        side = (side + 1) // 2 if i == 0 and strided_stem else side // 2  # a stride-2 conv (pad 1) rounds up
+    for stride in strides:
+        side = (side + 1) // 2 if stride == 2 else side // 2  # a stride-2 conv (pad 1) rounds up
     require(side >= 1, f"fastcnn with {len(widths)} stages needs image_size >= {2 ** len(widths)}, got {image_size}",
             "use fewer widths or larger images")
     require(depth >= 1, f"depth must be at least 1, got {depth}", "e.g. depth=2 (convs per stage)")
     require(0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout}", "e.g. dropout=0.1")
     body: dict[str, nn.Module] = {}
     c_in = in_channels
-    for i, width in enumerate(widths):
-        body[f"stage{i + 1}"] = conv_bn_relu_pool(c_in, width, depth, pool_first=pool_first,
-                                                  stride=2 if i == 0 and strided_stem else 1)
+    for i, (width, stride) in enumerate(zip(widths, strides, strict=True)):
+        body[f"stage{i + 1}"] = conv_bn_relu_pool(c_in, width, depth, pool_first=pool_first, stride=stride)
         c_in = width
     pool = nn.Flatten()  # [B, C, side, side] -> [B, C * side * side]; keeps where the strokes are
     model = Classifier(body, c_in * side * side, num_classes, pool=pool, dropout=dropout)

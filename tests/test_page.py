@@ -129,6 +129,20 @@ def test_clear_resets_and_upload_predicts(page, tmp_path):
     assert np.array_equal(preview_pixels(page), preprocess_image(Image.open(path)))
 
 
+def test_clear_during_a_stroke_send_stays_clear(page):
+    """Clear while the stroke's PNG is being encoded: the late answer for the old drawing is dropped."""
+    # a slow encoder (as on a loaded machine) makes the race certain instead of rare
+    page.evaluate("""() => {
+        const encode = mnistlabPage.canvasBlob;
+        mnistlabPage.canvasBlob = (c) => new Promise((r) => setTimeout(() => r(encode(c)), 400));
+    }""")
+    draw(page, [(0.3, 0.2), (0.7, 0.8)])
+    page.click("#clear")
+    time.sleep(1.5)  # the encoder's delay and the tiny model's answer
+    assert page.evaluate("document.body.dataset.state") == "empty"
+    assert preview_pixels(page).sum() == 0
+
+
 def test_finger_tap_draws_and_predicts(page):
     box = page.locator("#pad").bounding_box()
     page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)

@@ -126,7 +126,11 @@ function schedule(final = false) {
   if (inFlight) { pending = true; return; }
   const wait = final ? 0 : Math.max(0, THROTTLE_MS - (performance.now() - lastSent));
   clearTimeout(timer);
-  timer = setTimeout(async () => send(await mnistlabPage.canvasBlob(pad), generation), wait);
+  timer = setTimeout(async () => {
+    const gen = generation; // read before the await: a Clear during toBlob must drop this drawing
+    const blob = await mnistlabPage.canvasBlob(pad);
+    if (gen === generation) send(blob, gen);
+  }, wait);
 }
 
 async function send(blob, gen) {

@@ -89,6 +89,22 @@ def test_photo_like_input_with_noise_and_grey_paper():
     assert np.abs(out.astype(int) - reference).mean() < 6
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_small_noisy_scan_under_uneven_light_is_cropped_to_the_digit(seed):
+    # A digit some 30 px tall in a page a little larger, paper darker on one side and scanner
+    # noise: neither the darker side nor the specks of noise may count as ink and widen the crop
+    # (they did: the digit came out a third of its size, in a corner of the 20 px box).
+    rng = np.random.default_rng(seed)
+    clean = np.asarray(draw_digit("ring", (48, 44), stroke=3), dtype=np.float64) / 255  # 1 paper, 0 ink
+    paper = 215 - 30 * np.linspace(0, 1, clean.shape[1])[None, :]
+    scan = paper * clean + 50 * (1 - clean) + rng.normal(0, 9, clean.shape)
+    out = preprocess_image(Image.fromarray(np.clip(scan, 0, 255).astype(np.uint8)))
+    reference = preprocess_image(draw_digit("ring", (48, 44), stroke=3))
+    assert_mnist_style(out)
+    (h, w), (ref_h, ref_w) = _ink_box(out > 64), _ink_box(reference > 64)
+    assert abs(h - ref_h) <= 1 and abs(w - ref_w) <= 1  # the same size as on clean paper
+
+
 def test_mnist_style_input_is_nearly_unchanged():
     digit = _mnist_like("seven")
     assert_mnist_style(digit)

@@ -171,16 +171,39 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return a + (b - a) * (pos - lo)
 
 
+def _border_plane(gray: np.ndarray, border: np.ndarray) -> np.ndarray | None:
+    """The paper's level as a plane a + b*x + c*y [H, W], fitted to the border pixels (twice:
+    the second fit leaves out the pixels far from the first, such as ink that touches the edge);
+    ``None`` when the border is flat (MNIST-style inputs, drawings on a plain canvas), where the
+    median does the job. An evenly lit page is flat; a photo or a scan under a lamp is not, and
+    with a constant background its darker side counts as ink and widens the crop."""
+    h, w = gray.shape
+    if float(border.max()) - float(border.min()) < 2 * _BLANK_LEVEL:
+        return None
+    # border coordinates in the order of ``border``: top row, bottom row, left column, right column
+    xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h - 2), np.full(h - 2, w - 1)])
+    ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(1, h - 1), np.arange(1, h - 1)])
+    design = np.stack([np.ones_like(xs), xs / w, ys / h], axis=1)
+    keep = np.ones(border.size, dtype=bool)
+    for _ in range(2):
+        coef = np.linalg.lstsq(design[keep], border[keep], rcond=None)[0]
+        residual = np.abs(border - design @ coef)
+        keep = residual <= max(3.0 * _percentile(residual, 50), 1.0)
+    return coef[0] + coef[1] * (np.arange(w) / w)[None, :] + coef[2] * (np.arange(h) / h)[:, None]
+
+
 def _ink_map(gray: np.ndarray) -> np.ndarray:
     """Ink strength >= 0 [H, W]: background subtracted and polarity fixed; all zero when blank."""
     if min(gray.shape) >= 3:
         border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
     else:
         border = gray.ravel()
-    background = _percentile(border, 50)  # the median
+    median = _percentile(border, 50)
+    plane = _border_plane(gray, border) if min(gray.shape) >= 3 else None
+    background = median if plane is None else plane
     lo, hi = float(gray.min()), float(gray.max())
     # A bright background means dark ink on paper: invert so ink is the positive direction.
-    ink = background - gray if background > (lo + hi) / 2 else gray - background
+    ink = background - gray if median > (lo + hi) / 2 else gray - background
     np.maximum(ink, 0.0, out=ink)  # (np.maximum, not np.clip: same result, a tenth of the call overhead)
     if min(gray.shape) >= 3:
         border_ink = np.concatenate([ink[0], ink[-1], ink[1:-1, 0], ink[1:-1, -1]])
@@ -188,6 +211,18 @@ def _ink_map(gray: np.ndarray) -> np.ndarray:
     if ink.size == 0 or float(ink.max()) < _BLANK_LEVEL:
         return np.zeros_like(ink)
     return ink
+
+
+def _crop_mask(ink: np.ndarray) -> np.ndarray:
+    """The pixels that decide the crop: ink above ``_BBOX_LEVEL`` of the maximum (255) whose 3x3
+    neighbourhood is inky on average too, so that specks of scanner noise on the paper do not
+    widen the box to the whole page, while every pixel of a stroke (even a one-pixel line, whose
+    neighbourhood mean is a third of it) counts. Large photos are smoothed first, their noise
+    being finer than their strokes."""
+    k = 2 * (max(ink.shape) // 112) + 1
+    smooth = _box_blur(ink, k) if k > 1 else ink
+    level = _BBOX_LEVEL * 255.0
+    return (smooth > level) & (_box_blur(smooth, 3) > level)
 
 
 def _grow_box(ink: np.ndarray, is_ink: np.ndarray) -> tuple[int, int, int, int]:
@@ -246,10 +281,7 @@ def preprocess_image(img: Image.Image, *, size: int = 28) -> np.ndarray:
     if peak <= 0.0:
         return np.zeros((size, size), dtype=np.uint8)
     ink *= 255.0 / peak
-    # Crop on a smoothed copy so isolated noise pixels of a large photo do not widen the box;
-    # small (MNIST-sized) inputs are not smoothed at all.
-    k = 2 * (max(ink.shape) // 112) + 1
-    is_ink = (_box_blur(ink, k) if k > 1 else ink) > _BBOX_LEVEL * 255.0
+    is_ink = _crop_mask(ink)
     if not is_ink.any():
         return np.zeros((size, size), dtype=np.uint8)
     top, bottom, left, right = _grow_box(ink, is_ink)

@@ -105,6 +105,21 @@ def test_small_noisy_scan_under_uneven_light_is_cropped_to_the_digit(seed):
     assert abs(h - ref_h) <= 1 and abs(w - ref_w) <= 1  # the same size as on clean paper
 
 
+@pytest.mark.parametrize("shape", ["seven", "ring"])  # (a straight bar cropped tight is all ink: no paper to see)
+@pytest.mark.parametrize("dark_ink", [True, False])
+def test_a_digit_cropped_tight_to_its_ink_is_read_like_one_with_a_margin(shape, dark_ink):
+    # Datasets of real handwriting often crop each digit to its ink: the strokes touch the image's
+    # edges, and the seven's bar is a whole border row. That ink is not paper (it used to be taken
+    # for the paper's noise and wipe out the digit, or tilt the fitted paper level).
+    drawing = draw_digit(shape, (120, 160), dark_ink=dark_ink, stroke=14)
+    a = np.asarray(drawing)
+    ink_rows, ink_cols = np.flatnonzero((a != a[0, 0]).any(1)), np.flatnonzero((a != a[0, 0]).any(0))
+    tight = drawing.crop((ink_cols[0], ink_rows[0], ink_cols[-1] + 1, ink_rows[-1] + 1))
+    out, reference = preprocess_image(tight), preprocess_image(drawing)
+    assert_mnist_style(out)
+    assert np.abs(out.astype(int) - reference).mean() < 6
+
+
 def test_mnist_style_input_is_nearly_unchanged():
     digit = _mnist_like("seven")
     assert_mnist_style(digit)

@@ -178,45 +178,54 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return a + (b - a) * (pos - lo)
 
 
-def _border_plane(gray: np.ndarray, border: np.ndarray) -> np.ndarray | None:
-    """The paper's level as a plane a + b*x + c*y [H, W], fitted to the border pixels (twice:
-    the second fit leaves out the pixels far from the first, such as ink that touches the edge);
-    ``None`` when the border is flat (MNIST-style inputs, drawings on a plain canvas), where the
-    median does the job. An evenly lit page is flat; a photo or a scan under a lamp is not, and
-    with a constant background its darker side counts as ink and widens the crop."""
+def _near(values: np.ndarray, level: np.ndarray | float) -> np.ndarray:
+    """The values close to ``level``: within three robust standard deviations (1.4826 x the median
+    absolute deviation; at least one grey level). Ink covering less than half the border is far."""
+    deviation = np.abs(values - level)
+    return deviation <= max(3.0 * 1.4826 * _percentile(deviation, 50), 1.0)
+
+
+def _border_paper(gray: np.ndarray, border: np.ndarray, median: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """The paper's level and which border pixels are paper (not ink that touches the edge, as it
+    does in a tightly cropped digit). The level is a plane a + b*x + c*y [H, W] fitted to the
+    paper pixels of the border, or ``None`` when those are flat (MNIST-style inputs, drawings on
+    a plain canvas), where the median does the job. An evenly lit page is flat; a photo or a scan
+    under a lamp is not, and with a constant level its darker side counts as ink."""
+    paper = _near(border, median)
     h, w = gray.shape
-    if float(border.max()) - float(border.min()) < 2 * _BLANK_LEVEL:
-        return None
+    if min(h, w) < 3 or float(np.ptp(border[paper])) < 2 * _BLANK_LEVEL:
+        return None, paper
     # border coordinates in the order of ``border``: top row, bottom row, left column, right column
-    xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h - 2), np.full(h - 2, w - 1)])
-    ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(1, h - 1), np.arange(1, h - 1)])
-    design = np.stack([np.ones_like(xs), xs / w, ys / h], axis=1)
-    keep = np.ones(border.size, dtype=bool)
-    for _ in range(2):
-        coef = np.linalg.lstsq(design[keep], border[keep], rcond=None)[0]
-        residual = np.abs(border - design @ coef)
-        keep = residual <= max(3.0 * _percentile(residual, 50), 1.0)
+    xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h - 2), np.full(h - 2, w - 1)]) / w
+    ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(1, h - 1), np.arange(1, h - 1)]) / h
+    design = np.stack([np.ones_like(xs), xs, ys], axis=1)
+    for _ in range(2):  # fit on the paper pixels, then again on those the plane calls paper
+        coef = np.linalg.lstsq(design[paper], border[paper], rcond=None)[0]
+        paper = _near(border, design @ coef)
     across = (coef[0] + coef[1] * (np.arange(w) / w)).astype(np.float32)
     down = (coef[2] * (np.arange(h) / h)).astype(np.float32)
-    return across[None, :] + down[:, None]
+    return across[None, :] + down[:, None], paper
 
 
 def _ink_map(gray: np.ndarray) -> np.ndarray:
     """Ink strength >= 0 [H, W]: background subtracted and polarity fixed; all zero when blank."""
-    if min(gray.shape) >= 3:
+    framed = min(gray.shape) >= 3
+    if framed:
         border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
     else:
         border = gray.ravel()
     median = _percentile(border, 50)
-    plane = _border_plane(gray, border) if min(gray.shape) >= 3 else None
+    plane, paper = _border_paper(gray, border, median)
     background = median if plane is None else plane
     lo, hi = float(gray.min()), float(gray.max())
     # A bright background means dark ink on paper: invert so ink is the positive direction.
     ink = background - gray if median > (lo + hi) / 2 else gray - background
     np.maximum(ink, 0.0, out=ink)  # (np.maximum, not np.clip: same result, a tenth of the call overhead)
-    if min(gray.shape) >= 3:
-        border_ink = np.concatenate([ink[0], ink[-1], ink[1:-1, 0], ink[1:-1, -1]])
-        ink = np.maximum(ink - _percentile(border_ink, _NOISE_PERCENTILE), 0.0)
+    if framed:
+        # the noise floor: what the paper pixels of the border show as ink (never the ink there)
+        border_ink = np.concatenate([ink[0], ink[-1], ink[1:-1, 0], ink[1:-1, -1]])[paper]
+        if border_ink.size:
+            ink = np.maximum(ink - _percentile(border_ink, _NOISE_PERCENTILE), 0.0)
     if ink.size == 0 or float(ink.max()) < _BLANK_LEVEL:
         return np.zeros_like(ink)
     return ink

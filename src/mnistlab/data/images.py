@@ -178,6 +178,11 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return a + (b - a) * (pos - lo)
 
 
+def _border(a: np.ndarray) -> np.ndarray:
+    """The pixels of ``a``'s frame, each once: top row, bottom row, left column, right column."""
+    return np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
+
+
 def _near(values: np.ndarray, level: np.ndarray | float) -> np.ndarray:
     """The values close to ``level``: within three robust standard deviations (1.4826 x the median
     absolute deviation; at least one grey level). Ink covering less than half the border is far."""
@@ -185,17 +190,17 @@ def _near(values: np.ndarray, level: np.ndarray | float) -> np.ndarray:
     return deviation <= max(3.0 * 1.4826 * _percentile(deviation, 50), 1.0)
 
 
-def _border_paper(gray: np.ndarray, border: np.ndarray, median: float) -> tuple[np.ndarray | None, np.ndarray]:
-    """The paper's level and which border pixels are paper (not ink that touches the edge, as it
+def _border_paper(shape: tuple[int, int], border: np.ndarray, median: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """The paper's level over an image of ``shape`` and which of its ``border`` pixels are paper (not ink that touches the edge, as it
     does in a tightly cropped digit). The level is a plane a + b*x + c*y [H, W] fitted to the
     paper pixels of the border, or ``None`` when those are flat (MNIST-style inputs, drawings on
     a plain canvas), where the median does the job. An evenly lit page is flat; a photo or a scan
     under a lamp is not, and with a constant level its darker side counts as ink."""
     paper = _near(border, median)
-    h, w = gray.shape
+    h, w = shape
     if min(h, w) < 3 or float(np.ptp(border[paper])) < 2 * _BLANK_LEVEL:
         return None, paper
-    # border coordinates in the order of ``border``: top row, bottom row, left column, right column
+    # border coordinates in the order of ``_border``
     xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h - 2), np.full(h - 2, w - 1)]) / w
     ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(1, h - 1), np.arange(1, h - 1)]) / h
     design = np.stack([np.ones_like(xs), xs, ys], axis=1)
@@ -210,22 +215,18 @@ def _border_paper(gray: np.ndarray, border: np.ndarray, median: float) -> tuple[
 def _ink_map(gray: np.ndarray) -> np.ndarray:
     """Ink strength >= 0 [H, W]: background subtracted and polarity fixed; all zero when blank."""
     framed = min(gray.shape) >= 3
-    if framed:
-        border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
-    else:
-        border = gray.ravel()
+    border = _border(gray) if framed else gray.ravel()
     median = _percentile(border, 50)
-    plane, paper = _border_paper(gray, border, median)
+    plane, paper = _border_paper(gray.shape, border, median)
     background = median if plane is None else plane
     lo, hi = float(gray.min()), float(gray.max())
     # A bright background means dark ink on paper: invert so ink is the positive direction.
     ink = background - gray if median > (lo + hi) / 2 else gray - background
     np.maximum(ink, 0.0, out=ink)  # (np.maximum, not np.clip: same result, a tenth of the call overhead)
     if framed:
-        # the noise floor: what the paper pixels of the border show as ink (never the ink there)
-        border_ink = np.concatenate([ink[0], ink[-1], ink[1:-1, 0], ink[1:-1, -1]])[paper]
-        if border_ink.size:
-            ink = np.maximum(ink - _percentile(border_ink, _NOISE_PERCENTILE), 0.0)
+        # the noise floor: what the paper pixels of the border show as ink (never the ink there;
+        # ``paper`` holds at least half the border)
+        ink = np.maximum(ink - _percentile(_border(ink)[paper], _NOISE_PERCENTILE), 0.0)
     if ink.size == 0 or float(ink.max()) < _BLANK_LEVEL:
         return np.zeros_like(ink)
     return ink

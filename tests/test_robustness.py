@@ -90,6 +90,14 @@ def test_scan_effects_are_seeded_bounded_and_switch_on_augmentation(digits):
     assert out.shape == x.shape and not torch.equal(out, x)
 
 
+def test_scan_images_leaves_the_other_images_untouched(digits):
+    x = digits.float().repeat(8, 1, 1, 1) / 255
+    strong = dict(noise=0.2, speckle=0.05, blur=1.5, paper=0.5, fade=0.5, shading=0.4, lines=1.0, outline=1.0, scan_prob=1.0)
+    changed = [float(((scan_effects(x, AugmentConfig(**strong, scan_images=share), torch.Generator().manual_seed(2)) - x)
+                      .abs().flatten(1).amax(1) > 0).float().mean()) for share in (1.0, 0.5, 0.0)]
+    assert changed[0] == 1.0 and 0.25 < changed[1] < 0.75 and changed[2] == 0.0
+
+
 def test_outline_turns_strokes_into_their_rings_only_on_its_own_draw():
     x = torch.zeros(2, 1, 12, 12)
     x[:, :, 4:8, 3:9] = 1.0  # a solid stroke

@@ -45,6 +45,7 @@ class AugmentConfig:
     lines: float = 0.0  # probability of a solid ruling line across the image
     outline: float = 0.0  # probability that the strokes become their outlines (hollow ink: pens that pool at the edges, edge-traced scans)
     scan_prob: float = 0.5  # probability that each of the effects above is applied to an image
+    scan_images: float = 1.0  # fraction of images the effects above (outline included) may touch; the rest keep a clean page
 
     @property
     def enabled(self) -> bool:
@@ -378,6 +379,7 @@ RANGES: dict[str, Range] = {
     "AugmentConfig.speckle": PROBABILITY, "AugmentConfig.paper": PROBABILITY, "AugmentConfig.fade": PROBABILITY,
     "AugmentConfig.shading": PROBABILITY, "AugmentConfig.lines": PROBABILITY, "AugmentConfig.outline": PROBABILITY,
     "AugmentConfig.scan_prob": PROBABILITY,
+    "AugmentConfig.scan_images": PROBABILITY,
     "DataConfig.train_limit": Range(1),
     "OptimConfig.lr": POSITIVE, "OptimConfig.momentum": FRACTION, "OptimConfig.betas": FRACTION,
     "ScheduleConfig.min_lr": PROBABILITY, "ScheduleConfig.step_epochs": Range(1), "ScheduleConfig.gamma": POSITIVE,

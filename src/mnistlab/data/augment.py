@@ -178,16 +178,18 @@ def scan_effects(x: torch.Tensor, p: AugmentConfig, generator: torch.Generator |
     In this order, each applied to an image with probability ``p.scan_prob`` at a strength drawn
     uniformly up to its setting: blur (sigma per axis), uneven shading, grey paper and faded ink,
     a ruling line, Gaussian noise, speckle. Before them, with probability ``p.outline`` (not
-    ``scan_prob``), the strokes turn into their outlines. The result is clamped to [0, 1].
+    ``scan_prob``), the strokes turn into their outlines. Only a share ``p.scan_images`` of the
+    images, drawn first, is touched at all. The result is clamped to [0, 1].
     """
     b, _, h, w = x.shape
+    touched = _per_image(x, generator) < p.scan_images if p.scan_images < 1 else True
 
     def chosen() -> torch.Tensor:
-        return _per_image(x, generator) < p.scan_prob  # bool [B, 1, 1, 1]
+        return (_per_image(x, generator) < p.scan_prob) & touched  # bool [B, 1, 1, 1]
 
     out = x
     if p.outline > 0:
-        out = torch.where(_per_image(x, generator) < p.outline, _outline(x), x)
+        out = torch.where((_per_image(x, generator) < p.outline) & touched, _outline(x), x)
     if p.blur > 0:
         on = chosen().flatten()
         sy = _per_image(x, generator).flatten() * p.blur * on
@@ -200,7 +202,7 @@ def scan_effects(x: torch.Tensor, p: AugmentConfig, generator: torch.Generator |
         keep = 1 - _per_image(x, generator) * p.fade * chosen()
         out = paper + out * (1 - paper) * keep
     if p.lines > 0:
-        line = _ruling_lines(x, generator) * (_per_image(x, generator) < p.lines)
+        line = _ruling_lines(x, generator) * ((_per_image(x, generator) < p.lines) & touched)
         out = torch.maximum(out, line)
     if p.noise > 0:
         sigma = _per_image(x, generator) * p.noise * chosen()

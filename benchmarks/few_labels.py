@@ -15,7 +15,8 @@ test set; the table gives mean and sample standard deviation over seeds, and tra
     OMP_NUM_THREADS=1 MNISTLAB_DATA_DIR=... python benchmarks/few_labels.py --cells mnist:10 --methods scratch,semi --seeds 1
 
 Writes benchmarks/results/few_labels.{json,md,png}; finished cells are kept in the JSON, so an
-interrupted run continues where it stopped (`--fresh` starts over).
+interrupted run continues where it stopped (`--fresh` starts over). Cells run in separate
+processes join with `--merge results/a.json results/b.json --name all`.
 """
 
 from __future__ import annotations
@@ -120,11 +121,16 @@ def main() -> None:
     ap.add_argument("--pretrained", type=Path, help="a `mnistlab pretrain` run (pretrain, both)")
     ap.add_argument("--name", default="few_labels", help="results file stem")
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                    help="join earlier result files (cells run in separate processes) into --name instead of running")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every cell (e.g. finetune.steps=1000)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{args.name}.json"
+    if args.merge:
+        write_results(merged(args.merge), args.name)
+        return
     results = {"cells": {}} if args.fresh or not path.is_file() else json.loads(path.read_text())
     results["env"] = {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor(),
                       "threads": 1, "arch": args.arch, "overrides": args.overrides,
@@ -145,8 +151,28 @@ def main() -> None:
                     results["cells"][key] = run_cell(dataset, int(shots), method, seed, parent, args.overrides, work)
                     print(key, results["cells"][key], flush=True)
                     path.write_text(json.dumps(results, indent=1))
-    (RESULTS / f"{args.name}.md").write_text(table(results) + "\n")
-    plot(results, RESULTS / f"{args.name}.png")
+    write_results(results, args.name, json_too=False)
+
+
+def merged(paths: list[Path]) -> dict:
+    """The cells of several result files in one; the same cell in two files must agree."""
+    out: dict = {"cells": {}, "env": []}
+    for p in paths:
+        part = json.loads(p.read_text())
+        for key, cell in part["cells"].items():
+            if key in out["cells"] and out["cells"][key] != cell:
+                raise SystemExit(f"{p}: cell {key} differs from an earlier file's; merge files that ran different cells")
+            out["cells"][key] = cell
+        out["env"].append({"file": p.name, **part.get("env", {})})
+    return out
+
+
+def write_results(results: dict, name: str, json_too: bool = True) -> None:
+    """The table (.md) and the plot (.png) of ``results``, and with ``json_too`` the JSON; the table is printed too."""
+    if json_too:
+        (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / f"{name}.md").write_text(table(results) + "\n")
+    plot(results, RESULTS / f"{name}.png")
     print(table(results))
 
 

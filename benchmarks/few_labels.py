@@ -16,7 +16,7 @@ test set; the table gives mean and sample standard deviation over seeds, and tra
 
 Writes benchmarks/results/few_labels.{json,md,png}; finished cells are kept in the JSON, so an
 interrupted run continues where it stopped (`--fresh` starts over). Cells run in separate
-processes join with `--merge results/a.json results/b.json --name all`.
+processes join with `--merge results/a.json results/b.json:scratch --name all`.
 """
 
 from __future__ import annotations
@@ -121,8 +121,9 @@ def main() -> None:
     ap.add_argument("--pretrained", type=Path, help="a `mnistlab pretrain` run (pretrain, both)")
     ap.add_argument("--name", default="few_labels", help="results file stem")
     ap.add_argument("--fresh", action="store_true")
-    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
-                    help="join earlier result files (cells run in separate processes) into --name instead of running")
+    ap.add_argument("--merge", nargs="+", metavar="JSON[:METHODS]",
+                    help="join earlier result files (cells run in separate processes) into --name instead of running; "
+                         "FILE:scratch,semi takes only those methods' cells of FILE")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every cell (e.g. finetune.steps=1000)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -154,16 +155,20 @@ def main() -> None:
     write_results(results, args.name, json_too=False)
 
 
-def merged(paths: list[Path]) -> dict:
-    """The cells of several result files in one; the same cell in two files must agree."""
+def merged(sources: list[str]) -> dict:
+    """The cells of several result files in one (``FILE`` or ``FILE:method,method``); the same cell in two files must agree."""
     out: dict = {"cells": {}, "env": []}
-    for p in paths:
+    for source in sources:
+        name, _, methods = source.partition(":")
+        p, keep = Path(name), set(methods.split(",")) if methods else set(METHODS)
         part = json.loads(p.read_text())
         for key, cell in part["cells"].items():
+            if key.split("|")[2] not in keep:
+                continue
             if key in out["cells"] and out["cells"][key] != cell:
                 raise SystemExit(f"{p}: cell {key} differs from an earlier file's; merge files that ran different cells")
             out["cells"][key] = cell
-        out["env"].append({"file": p.name, **part.get("env", {})})
+        out["env"].append({"file": p.name, "methods": sorted(keep), **part.get("env", {})})
     return out
 
 

@@ -32,6 +32,7 @@ import torch
 
 from mnistlab.artifact import ModelCard, Preprocess, save_artifact
 from mnistlab.config import load_config, resolve_recipe
+from mnistlab.data.registry import get_dataset_info
 from mnistlab.finetune.run import finetune
 from mnistlab.models import create_model
 from mnistlab.seeds import seed_stats
@@ -41,8 +42,11 @@ METHODS = ["scratch", "semi", "pretrain", "both"]
 RESULTS = Path(__file__).parent / "results"
 
 
-def fresh_parent(folder: Path, arch: str, seed: int, mean: float = 0.1307, std: float = 0.3081) -> Path:
-    """A freshly initialised model artifact (`scratch` and `semi` start from it), normalising with ``mean``/``std``."""
+def fresh_parent(folder: Path, arch: str, seed: int, dataset: str) -> Path:
+    """A freshly initialised model artifact (`scratch` and `semi` start from it), normalising with ``dataset``'s
+    mean and std (before 2026-12-07 always MNIST's)."""
+    info = get_dataset_info(dataset)
+    mean, std = info.mean, info.std
     torch.manual_seed(seed)
     model = create_model(arch)
     save_artifact(folder, model, ModelCard(arch=model.arch_name, arch_args=dict(model.arch_args),
@@ -148,7 +152,7 @@ def main() -> None:
                     if key in results["cells"]:
                         continue
                     parent = args.pretrained if method in ("pretrain", "both") else fresh_parent(
-                        work / f"fresh-{seed}", args.arch, seed)
+                        work / f"fresh-{seed}", args.arch, seed, dataset)
                     results["cells"][key] = run_cell(dataset, int(shots), method, seed, parent, args.overrides, work)
                     print(key, results["cells"][key], flush=True)
                     path.write_text(json.dumps(results, indent=1))

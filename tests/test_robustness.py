@@ -96,6 +96,7 @@ def test_scan_images_leaves_the_other_images_untouched(digits):
     changed = [float(((scan_effects(x, AugmentConfig(**strong, scan_images=share), torch.Generator().manual_seed(2)) - x)
                       .abs().flatten(1).amax(1) > 0).float().mean()) for share in (1.0, 0.5, 0.0)]
     assert changed[0] == 1.0 and 0.25 < changed[1] < 0.75 and changed[2] == 0.0
+    assert not AugmentConfig(**strong, scan_images=0.0).scan
 
 
 def test_outline_turns_strokes_into_their_rings_only_on_its_own_draw():

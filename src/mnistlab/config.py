@@ -56,8 +56,9 @@ class AugmentConfig:
     @property
     def scan(self) -> bool:
         """True when any scan-like effect (noise, speckle, blur, paper, fade, shading, lines, outline) is switched on."""
-        return (self.scan_prob > 0 and any(v > 0 for v in (self.noise, self.speckle, self.blur, self.paper, self.fade,
-                                                           self.shading, self.lines))) or self.outline > 0
+        effects = (self.scan_prob > 0 and any(v > 0 for v in (self.noise, self.speckle, self.blur, self.paper, self.fade,
+                                                              self.shading, self.lines))) or self.outline > 0
+        return effects and self.scan_images > 0
 
     @property
     def geometric(self) -> bool:

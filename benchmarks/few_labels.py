@@ -46,12 +46,11 @@ def fresh_parent(folder: Path, arch: str, seed: int, dataset: str) -> Path:
     """A freshly initialised model artifact (`scratch` and `semi` start from it), normalising with ``dataset``'s
     mean and std (before 2026-12-07 always MNIST's)."""
     info = get_dataset_info(dataset)
-    mean, std = info.mean, info.std
     torch.manual_seed(seed)
     model = create_model(arch)
     save_artifact(folder, model, ModelCard(arch=model.arch_name, arch_args=dict(model.arch_args),
                                            classes=[str(i) for i in range(10)],
-                                           preprocess=Preprocess(mean=mean, std=std), dataset="none"))
+                                           preprocess=Preprocess(mean=info.mean, std=info.std), dataset="none"))
     return folder
 
 

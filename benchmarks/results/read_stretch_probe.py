@@ -10,22 +10,13 @@ import sys
 import time
 
 import numpy as np
-import torch
 from PIL import Image
+from probe_strings import Tally, reader_and_strings, strings
 
-from mnistlab.config import load_config
 from mnistlab.data.segment import StringImage
-from mnistlab.data.strings import LEVELS, edit_distance, make_string
 from mnistlab.models.ctc import confidences, greedy
-from mnistlab.read_ctc import CtcReader
-from mnistlab.splits import make_splits
 
-run = sys.argv[1]
-per = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
-val = make_splits(load_config(f"{run}/config.yaml", []), progress=False).val
-images, labels = val.images[:, 0].numpy(), val.labels.numpy()
-reader = CtcReader.load(run)
+reader, images, labels, per = reader_and_strings(sys.argv[1:])
 ALLOWED = list(range(10))
 STRETCH = [1.0, 1.15, 1.3, 1.5]
 GROUPS = {"2": [1.0, 1.3], "3": [1.0, 1.15, 1.3], "4": STRETCH}
@@ -55,22 +46,9 @@ def variants(r: dict[float, tuple[str, float]]) -> dict[str, str]:
     return out
 
 
-stats: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0, 0, 0.0, 0])  # right, n, chars, total
+tally = Tally()
 t0 = time.time()
-for li, level in enumerate(LEVELS):
-    for length in range(3, 11):
-        rng = np.random.default_rng([77, length, li])
-        for _ in range(per):
-            img, truth = make_string(images, labels, length, level, rng)
-            for name, got in variants(readings(img)).items():
-                for col in (level, "all", *(["len5"] if length == 5 else [])):
-                    s = stats[(name, col)]
-                    s[0] += got == truth
-                    s[1] += 1
-                    s[2] += max(0, len(truth) - edit_distance(got, truth))
-                    s[3] += len(truth)
-cols = [*LEVELS, "all", "len5"]
-print(f"{'variant':8s} " + " ".join(f"{c:>16s}" for c in cols), f"  ({time.time() - t0:.0f} s, {per} per cell)")
-for name in sorted({k[0] for k in stats}):
-    cells = [stats[(name, c)] for c in cols]
-    print(f"{name:8s} " + " ".join(f"{100 * s[0] / max(1, s[1]):7.2f}/{100 * s[2] / max(1, s[3]):7.2f}" for s in cells))
+for level, length, img, truth in strings(images, labels, per):
+    for name, got in variants(readings(img)).items():
+        tally.add(name, level, length, got, truth)
+print(f"{time.time() - t0:.0f} s, {per} strings a cell", tally.table(), sep="\n")

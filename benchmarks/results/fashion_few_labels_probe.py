@@ -6,7 +6,9 @@ fresh fastcnn parent normalising with Fashion-MNIST's mean and std), then the ru
 the test set is never read). Prints one JSON line. Usage:
 
     MNISTLAB_DATA_DIR=... python benchmarks/results/fashion_few_labels_probe.py TAG SEED scratch|semi \\
-        [arch={"widths":[32,64,128]}] [key=value ...]
+        [arch={"widths":[32,64,128]} | parent=PRETRAIN_RUN] [key=value ...]
+
+``parent=`` fine-tunes a `mnistlab pretrain` run instead of a fresh model.
 """
 
 import json
@@ -30,7 +32,8 @@ DATASET, SHOTS = "fashion-mnist", 10
 torch.set_num_threads(1)
 tag, seed, method, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 arch = next((json.loads(e[5:]) for e in extra if e.startswith("arch=")), {})
-extra = [e for e in extra if not e.startswith("arch=")]
+pretrained = next((e[7:] for e in extra if e.startswith("parent=")), None)
+extra = [e for e in extra if not e.startswith(("arch=", "parent="))]
 train = load_dataset(DATASET, "train", progress=False)
 labelled = {bytes(i.numpy().tobytes()) for i in class_balanced_subset(train, SHOTS, seed=seed).images}
 others = torch.tensor([bytes(i.numpy().tobytes()) not in labelled for i in train.images])
@@ -44,7 +47,8 @@ with tempfile.TemporaryDirectory() as tmp:
     save_artifact(work / "parent", model, ModelCard(
         arch=model.arch_name, arch_args=dict(model.arch_args), classes=[str(i) for i in range(10)],
         preprocess=Preprocess(mean=info.mean, std=info.std), dataset="none"))
-    overrides = [f"seed={seed}", f"data.dataset={DATASET}", f"finetune.parent={work / 'parent'}",
+    parent = pretrained or work / "parent"
+    overrides = [f"seed={seed}", f"data.dataset={DATASET}", f"finetune.parent={parent}",
                  f"finetune.shots={SHOTS}", "train.threads=1", *extra]
     if method == "semi":
         overrides.append(f"finetune.semi.unlabelled={DATASET}")
@@ -54,5 +58,5 @@ with tempfile.TemporaryDirectory() as tmp:
     model, card = load_artifact(work / "run")
     logits = predict_logits(model.eval(), held_x, mean=card.preprocess.mean, std=card.preprocess.std)
     accuracy = (logits.argmax(1) == held_y).float().mean().item()
-print(json.dumps({"tag": tag, "seed": seed, "method": method, "arch": arch, "overrides": extra,
+print(json.dumps({"tag": tag, "seed": seed, "method": method, "arch": arch, "parent": pretrained, "overrides": extra,
                   "held_out_train_accuracy": round(100 * accuracy, 2), "seconds": round(seconds, 1)}))

@@ -19,7 +19,7 @@ from mnistlab.artifact import ModelCard, Preprocess, save_artifact
 from mnistlab.cli.main import main
 from mnistlab.config import load_config, resolve_recipe
 from mnistlab.data.segment import StringImage
-from mnistlab.data.strings import LEVELS, DigitWarp, crop_digit, edit_distance, make_string, training_string
+from mnistlab.data.strings import LEVELS, edit_distance, make_string, training_string
 from mnistlab.models.crnn import CRNN, STRIDE
 from mnistlab.models.ctc import confidences, exact_length, greedy
 from mnistlab.read_ctc import CtcReader, load_reader
@@ -54,24 +54,6 @@ def test_generators_are_deterministic_and_vary():
     assert image_hash(one[0]) == image_hash(two[0]) and one[1] == two[1] and len(one[1]) == 5
     assert set(LEVELS) == {"wide", "normal", "touching", "overlap"}
     assert edit_distance("12345", "1245") == 1 and edit_distance("", "12") == 2
-
-
-def test_digit_warp_turns_resizes_and_thickens_each_digit_reproducibly():
-    d = np.zeros((28, 28), dtype=np.uint8)
-    d[4:24, 12:16] = 255  # a '1': 20 x 4
-    assert np.array_equal(DigitWarp()(d, np.random.default_rng(0)), d)  # all zero: unchanged
-    warp = DigitWarp(rotate=10, scale=0.1, thicken=0.5)
-    assert np.array_equal(warp(d, np.random.default_rng(1)), warp(d, np.random.default_rng(1)))
-    turned = DigitWarp(rotate=30)(d, np.random.default_rng(2))
-    assert crop_digit(turned).shape[1] > 4 + 3  # a tilted bar spans more columns
-    sizes = {crop_digit(DigitWarp(scale=0.3)(d, np.random.default_rng(k))).shape for k in range(10)}
-    assert len(sizes) > 3 and all(14 <= h <= 26 for h, _ in sizes)
-    thick = DigitWarp(thicken=1.0)(d, np.random.default_rng(0))
-    assert crop_digit(thick).shape == (22, 6) and int(thick.sum()) > int(d.sum())
-    images, labels = blobs(50, 0)
-    plain = training_string(images, labels, np.random.default_rng([3, 1]))
-    warped = training_string(images, labels, np.random.default_rng([3, 1]), warp=warp)
-    assert plain[1] == warped[1] and image_hash(plain[0]) != image_hash(warped[0])  # same digits, other shapes
 
 
 def test_training_strings_never_use_test_digits(synthetic_data, monkeypatch):

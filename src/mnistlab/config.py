@@ -241,9 +241,6 @@ class ReadConfig:
     val_strings: int = 300  # strings of validation digits (lengths 3-10, every overlap level) checked each epoch
     test_strings: int = 400  # 5-digit strings of test digits (every overlap level) in summary.json
     workers: int = 1  # processes drawing training strings beside the training one; 0 = in the training process
-    digit_rotate: float = 0.0  # each digit of a training string turned up to this many degrees (data.strings.DigitWarp)
-    digit_scale: float = 0.0  # ... resized by up to this fraction per axis (0.1: 0.9-1.1x)
-    digit_thicken: float = 0.0  # ... and with this probability drawn one pixel thicker
 
 
 @dataclass
@@ -400,7 +397,6 @@ RANGES: dict[str, Range] = {
     "SelfTrainingConfig.label_smoothing": FRACTION, "SelfTrainingConfig.repeat": Range(1),
     "PretrainConfig.temperature": POSITIVE, "PretrainConfig.projection_dim": Range(1),
     "PretrainConfig.projection_hidden": Range(1), "PretrainConfig.probe_steps": Range(1),
-    "ReadConfig.digit_rotate": Range(0, 90), "ReadConfig.digit_scale": FRACTION, "ReadConfig.digit_thicken": PROBABILITY,
     "ReadConfig.height": Range(8), "ReadConfig.max_length": Range(1, 40), "ReadConfig.steps_per_epoch": Range(1),
 }
 

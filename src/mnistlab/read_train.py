@@ -33,7 +33,7 @@ from mnistlab.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from mnistlab.config import Config, save_run_config
 from mnistlab.data.images import ImageError
 from mnistlab.data.segment import StringImage
-from mnistlab.data.strings import LEVELS, DigitWarp, edit_distance, make_string, training_string
+from mnistlab.data.strings import LEVELS, edit_distance, make_string, training_string
 from mnistlab.device import resolve_device
 from mnistlab.models import count_params
 from mnistlab.models.crnn import CRNN, frames_for
@@ -73,18 +73,18 @@ class StringBatches(torch.utils.data.IterableDataset):
     string trains twice, in two different batches)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, seed: int, epoch: int, steps: int, batch_size: int,
-                 height: int, max_length: int, warp: DigitWarp | None = None) -> None:
+                 height: int, max_length: int) -> None:
         super().__init__()
         self.images, self.labels = images, labels
         self.seed, self.epoch, self.steps, self.batch_size = seed, epoch, steps, batch_size
-        self.height, self.max_length, self.warp = height, max_length, warp
+        self.height, self.max_length = height, max_length
 
     def draw(self, step: int) -> list[tuple[np.ndarray, list[int]]]:
         """The fresh strings of ``step``: (line image, character indices) each."""
         rng = np.random.default_rng([self.seed, self.epoch, step])
         out = []
         while len(out) < self.batch_size:
-            img, text = training_string(self.images, self.labels, rng, max_length=self.max_length, warp=self.warp)
+            img, text = training_string(self.images, self.labels, rng, max_length=self.max_length)
             try:
                 out.append((line_of(img, self.height), [int(c) for c in text]))
             except ImageError:  # a string of near-blank digits: draw another
@@ -197,8 +197,7 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
         t0 = time.perf_counter()
         model.train()
         batches = StringBatches(train_images, train_labels, seed=cfg.seed, epoch=epoch, steps=steps,
-                                batch_size=batch_size, height=rc.height, max_length=rc.max_length,
-                                warp=DigitWarp(rc.digit_rotate, rc.digit_scale, rc.digit_thicken))
+                                batch_size=batch_size, height=rc.height, max_length=rc.max_length)
         workers = 0 if dry_run else rc.workers
         loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
                                              prefetch_factor=8 if workers else None)

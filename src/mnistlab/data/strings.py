@@ -14,42 +14,12 @@ digits only) and a seeded generator, so each epoch's strings are fresh and repro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 LEVELS = {"wide": (6, 14), "normal": (1, 5), "touching": (-1, 0), "overlap": (-5, -2)}  # gap in MNIST px
 TRAIN_GAPS = (-7, 16)  # the widest range of gaps training strings draw from, MNIST px
 DIGIT_PX = (16, 24, 40, 64, 120)  # digit heights of the benchmark's scans, pixels
-
-
-@dataclass(frozen=True)
-class DigitWarp:
-    """Each digit of a training string on its own: turned up to ``rotate`` degrees, resized by up to
-    ``scale`` per axis (0.1: 0.9-1.1x) about its centre, and with probability ``thicken`` its strokes
-    one pixel thicker (what other pens and writers do to a digit, which the string's slant and size
-    do not). All zero: the digits as they are."""
-
-    rotate: float = 0.0
-    scale: float = 0.0
-    thicken: float = 0.0
-
-    def __call__(self, d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A warped copy of the 28x28 uint8 digit ``d``."""
-        img = Image.fromarray(d)
-        if self.rotate or self.scale:
-            a = np.deg2rad(rng.uniform(-self.rotate, self.rotate))
-            sx, sy = 1 + rng.uniform(-self.scale, self.scale, size=2)
-            # PIL maps each output pixel back to the input: inverse of (rotate by a) . (scale sx, sy), about the centre
-            m = np.array([[np.cos(a) / sx, np.sin(a) / sx], [-np.sin(a) / sy, np.cos(a) / sy]])
-            c = (np.array(d.shape[::-1], dtype=float) - 1) / 2
-            off = c - m @ c
-            img = img.transform(img.size, Image.AFFINE, (m[0, 0], m[0, 1], off[0], m[1, 0], m[1, 1], off[1]),
-                                resample=Image.BILINEAR)
-        if self.thicken and rng.random() < self.thicken:
-            img = img.filter(ImageFilter.MaxFilter(3))
-        return np.asarray(img)
 
 
 def crop_digit(d: np.ndarray) -> np.ndarray:
@@ -118,10 +88,10 @@ def make_string(images: np.ndarray, labels: np.ndarray, length: int, level: str,
 
 
 def training_string(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *, max_length: int = 10,
-                    classes: list[str] | None = None, warp: DigitWarp | None = None) -> tuple[Image.Image, str]:
-    """One training string: 1..``max_length`` digits (each through ``warp``, if given), gaps from one
-    level's range, a wider mix or anything in ``TRAIN_GAPS``; slant -0.4..0.4; digit height 14-72 px
-    (sometimes 120); a ruling line in one of four."""
+                    classes: list[str] | None = None) -> tuple[Image.Image, str]:
+    """One training string: 1..``max_length`` digits, gaps from one level's range, a wider mix or
+    anything in ``TRAIN_GAPS``; slant -0.4..0.4; digit height 14-72 px (sometimes 120); a ruling
+    line in one of four."""
     length = int(rng.integers(1, max_length + 1))
     idx = rng.integers(0, len(images), size=length)
     pick = int(rng.integers(0, len(LEVELS) + 2))
@@ -133,10 +103,7 @@ def training_string(images: np.ndarray, labels: np.ndarray, rng: np.random.Gener
     else:
         lo, hi = TRAIN_GAPS
     gaps = [int(g) for g in rng.integers(lo, hi + 1, size=max(0, length - 1))]
-    digits = [images[i] for i in idx]
-    if warp is not None and warp != DigitWarp():
-        digits = [warp(d, rng) for d in digits]
-    canvas = compose(digits, gaps, rng)
+    canvas = compose([images[i] for i in idx], gaps, rng)
     digit_px = 120 if rng.random() < 0.05 else int(rng.integers(14, 73))
     img = render(canvas, rng, slant=float(rng.uniform(-0.4, 0.4)), digit_px=digit_px, line=bool(rng.random() < 0.25))
     return img, _text(labels, idx, classes)

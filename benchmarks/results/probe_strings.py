@@ -1,4 +1,4 @@
-"""What the reader probes beside this file share: the run's digits, a CTC training step, the
+"""What the reader probes beside this file share: the run's digits, the training step of `read_train`, the
 validation strings and their tally.
 
 `strings(images, labels, per)` draws ``per`` strings per (level, length 3-10) from the given digits
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mnistlab import read_train
 from mnistlab.config import load_config
 from mnistlab.data.strings import LEVELS, edit_distance, make_string
 from mnistlab.read_ctc import CtcReader
@@ -34,16 +35,9 @@ def reader_and_strings(argv: list[str]) -> tuple[CtcReader, np.ndarray, np.ndarr
 
 
 def ctc_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ctc: torch.nn.CTCLoss, batch: dict) -> torch.Tensor:
-    """One training step as `mnistlab train read-ctc` takes it: bf16 autocast, CTC loss, clipping at 5."""
+    """One training step as `mnistlab train read-ctc` takes it (bf16, channels_last, clipping at 5)."""
     x = batch["x"].contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = model(x, batch["frames"])
-    loss = ctc(logits.float().log_softmax(-1).transpose(0, 1), batch["targets"], batch["frames"], batch["target_lengths"])
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-    opt.step()
-    return loss
+    return read_train.ctc_step(model, opt, ctc, x, batch, bf16=True, grad_clip=5.0)
 
 
 def strings(images: np.ndarray, labels: np.ndarray, per: int) -> Iterator[tuple[str, int, Image.Image, str]]:

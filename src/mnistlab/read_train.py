@@ -150,6 +150,20 @@ class _State:
     seconds: float = 0.0
 
 
+def ctc_step(model: CRNN, optimizer: torch.optim.Optimizer, ctc: torch.nn.CTCLoss, x: torch.Tensor,
+             batch: dict[str, torch.Tensor], *, bf16: bool, grad_clip: float) -> torch.Tensor:
+    """One optimizer step on the line images ``x`` of ``batch`` (a :func:`collate` dict); returns the CTC loss."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x, batch["frames"])  # [B, T, K + 1]
+    logp = logits.float().log_softmax(-1).transpose(0, 1)  # [T, B, K + 1], as CTCLoss takes it
+    loss = ctc(logp, batch["targets"], batch["frames"], batch["target_lengths"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss
+
+
 def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir: Path | None = None,
                       quiet: bool = False, dry_run: bool = False) -> tuple[Path, dict[str, Any], FitResult]:
     """Train the sequence reader per ``cfg`` into a new run directory (or continue ``resume_dir``);
@@ -209,14 +223,7 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
             x = b["x"].to(device)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                logits = model(x, b["frames"])  # [B, T, K + 1]
-            logp = logits.float().log_softmax(-1).transpose(0, 1)  # [T, B, K + 1], as CTCLoss takes it
-            loss = ctc(logp, b["targets"], b["frames"], b["target_lengths"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or 5.0)
-            optimizer.step()
+            loss = ctc_step(model, optimizer, ctc, x, b, bf16=tc.bf16, grad_clip=tc.grad_clip or 5.0)
             losses.append(float(loss.detach()))
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.1e}", refresh=False)

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mnistlab.config import load_config, resolve_recipe
 from mnistlab.data.dataset import ImageData, load_dataset
+from mnistlab.device import native_bf16, resolve_device
 from mnistlab.distributed import default_threads
 from mnistlab.evaluate import predict_logits
 from mnistlab.runner import RunPlan, run_training
@@ -135,6 +136,7 @@ def run_recipe(recipe: str, seed: int, device: str, threads: int) -> dict[str, A
     return {"curve": curve, "train_seconds": result.summary["train_seconds"],
             "final_accuracy": result.summary["test_accuracy"], "epochs": result.summary["epochs"],
             "model": cfg.model.name, "tta": cfg.train.tta,
+            "bf16": cfg.train.bf16 and native_bf16(resolve_device(device)),  # as trained (settle_bf16)
             "accuracy_by_tta": evaluation_views(result.fit.model, splits, cfg.train.eval_batch_size)}
 
 
@@ -174,7 +176,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         pass
     env = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
            "mnistlab": mnistlab.__version__, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
-           "device": str(device)}
+           "device": str(device), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "native_bf16": native_bf16(device)}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     try:

@@ -155,7 +155,8 @@ def test_same_seed_same_result_and_other_seed_differs(synthetic_data):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_every_training_option_runs(synthetic_data):
+def test_every_training_option_runs(synthetic_data, monkeypatch):
+    monkeypatch.setattr("mnistlab.device.native_bf16", lambda device: True)  # bf16 autocast runs here, emulated or not
     cfg = load_config(None, FAST + [
         "optim.name=sgd", "optim.lr=0.05", "optim.nesterov=true", "optim.weight_decay=5e-4", "schedule.name=step", "schedule.warmup_epochs=0.5",
         "train.label_smoothing=0.1", "train.class_weights=[1,1,1,1,1,1,1,1,1,2]", "train.grad_clip=1.0",
@@ -277,3 +278,28 @@ def test_resolve_device_auto_and_by_name():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in {"cuda", "mps", "cpu"}
     assert world() == (0, 1)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
+def test_bf16_turns_to_float32_where_the_device_would_emulate_it(synthetic_data, capsys, monkeypatch, native):
+    monkeypatch.setattr("mnistlab.device.native_bf16", lambda device: native)
+    code, out, _ = _cli(capsys, "train", *FAST, "train.epochs=1", "train.bf16=true", "--out", "run")
+    assert code == 0
+    said = [line for line in out.splitlines() if line.startswith("bf16:")]
+    assert len(said) == (0 if native else 1)
+    assert all("float32" in line for line in said)
+    saved = load_config("run/config.yaml", [])
+    assert saved.train.bf16 is native  # the run records what it trained with
+    assert saved.finetune.semi.self_training.bf16 is native
+    code, out, _ = _cli(capsys, "train", *FAST, "train.epochs=1", "train.bf16=true", "--out", "quiet", "--quiet")
+    assert code == 0 and len(out.splitlines()) == 1  # --quiet: the result line only
+
+
+def test_native_bf16_follows_the_cpu_flags(monkeypatch):
+    from mnistlab.device import native_bf16
+
+    for avx512_bf16, amx in ((False, False), (True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert native_bf16(torch.device("cpu")) is (avx512_bf16 or amx)
+    assert native_bf16(torch.device("meta")) is True  # other devices: as the recipe asks

@@ -116,7 +116,7 @@ class TrainConfig:
     early_stop_patience: int = 0  # epochs without improvement; 0 = off
     restore_best: bool = True  # keep the best-validation weights at the end
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
-    bf16: bool = False  # bfloat16 autocast for the forward pass
+    bf16: bool = False  # bfloat16 autocast for the forward pass, where the device has it natively (else float32)
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
     threads: int | None = None  # torch intra-op threads; None = number of cores
@@ -170,7 +170,7 @@ class SelfTrainingConfig:
     label_smoothing: float = 0.1  # pseudo-labels are partly wrong: softened targets
     repeat: int = 20  # the labelled images appear this many times in each round's set
     align: bool = True  # pseudo-labels' class shares made to match the labelled set's (no class takes others over)
-    bf16: bool = True  # the rounds and their labelling: bfloat16 autocast and channels_last (fast on AVX-512 bf16 CPUs)
+    bf16: bool = True  # the rounds and their labelling: bfloat16 autocast (where native) and channels_last
     augment: AugmentConfig = field(default_factory=_round_augment)
 
 

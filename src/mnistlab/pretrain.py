@@ -20,7 +20,7 @@ import torch
 
 from mnistlab.artifact import ModelCard, Preprocess, library_versions, save_artifact
 from mnistlab.config import Config, save_run_config
-from mnistlab.device import resolve_device
+from mnistlab.device import resolve_device, settle_bf16
 from mnistlab.distributed import default_threads
 from mnistlab.models import count_params, create_model
 from mnistlab.runner import check_settings
@@ -48,6 +48,7 @@ def pretrain(cfg: Config, *, out: str | Path | None = None, resume_dir: str | Pa
         cfg = replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, DRY_RUN_EPOCHS)))
     torch.set_num_threads(cfg.train.threads or default_threads())
     device = resolve_device(cfg.device)
+    cfg = settle_bf16(cfg, device, quiet=quiet)
     torch.manual_seed(cfg.seed)
     pool = load_pool(cfg, progress=not quiet)
     images = pool.images[:DRY_RUN_IMAGES] if dry_run else pool.images

@@ -34,7 +34,7 @@ from mnistlab.config import Config, save_run_config
 from mnistlab.data.images import ImageError
 from mnistlab.data.segment import StringImage
 from mnistlab.data.strings import LEVELS, edit_distance, make_string, training_string
-from mnistlab.device import resolve_device
+from mnistlab.device import resolve_device, settle_bf16
 from mnistlab.models import count_params
 from mnistlab.models.crnn import CRNN, frames_for
 from mnistlab.models.ctc import greedy
@@ -168,8 +168,9 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
                       quiet: bool = False, dry_run: bool = False) -> tuple[Path, dict[str, Any], FitResult]:
     """Train the sequence reader per ``cfg`` into a new run directory (or continue ``resume_dir``);
     returns (run directory, summary, fit result)."""
-    rc, tc = cfg.read, cfg.train
     device = resolve_device(cfg.device)
+    cfg = settle_bf16(cfg, device, quiet=quiet)
+    rc, tc = cfg.read, cfg.train
     torch.manual_seed(cfg.seed)
     splits = make_splits(cfg, dry_run=dry_run, progress=not quiet)
     classes = list(splits.train.classes)

@@ -15,7 +15,7 @@ from mnistlab.checkpoint import has_checkpoint
 from mnistlab.config import Config, config_from_dict, load_yaml, save_run_config, validate_config
 from mnistlab.data.imagedata import ImageData
 from mnistlab.data.registry import DATASETS
-from mnistlab.device import resolve_device, world
+from mnistlab.device import resolve_device, settle_bf16, world
 from mnistlab.distributed import barrier, default_threads, init_distributed, on_main, peer_errors
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.evaluate import (
@@ -92,6 +92,7 @@ def run_training(cfg: Config, *, out: str | Path | None = None, resume_dir: Path
     device = init_distributed(resolve_device(cfg.device))  # joins torchrun's process group, if any
     rank, world_size = world()
     main = rank == 0
+    cfg = settle_bf16(cfg, device, quiet=quiet or not main)
     torch.manual_seed(cfg.seed)
     splits = plan.splits if plan.splits is not None else make_splits(cfg, dry_run=dry_run, progress=not quiet and main)
     built = plan.builder(cfg, splits)

@@ -170,7 +170,8 @@ class SelfTrainingConfig:
     label_smoothing: float = 0.1  # pseudo-labels are partly wrong: softened targets
     repeat: int = 20  # the labelled images appear this many times in each round's set
     align: bool = True  # pseudo-labels' class shares made to match the labelled set's (no class takes others over)
-    bf16: bool = True  # the rounds and their labelling: bfloat16 autocast (where native) and channels_last
+    bf16: bool = True  # the rounds and their labelling: bfloat16 autocast (where the device has it natively)
+    channels_last: bool = True  # ... and channels_last (the default recipe trains 1.4x faster so in float32 on AVX2)
     augment: AugmentConfig = field(default_factory=_round_augment)
 
 

@@ -46,7 +46,7 @@ def round_config(cfg: Config, k: int) -> Config:
         schedule=ScheduleConfig(name="onecycle"),
         train=replace(cfg.train, epochs=st.epochs, batch_size=st.batch_size, label_smoothing=st.label_smoothing,
                       ema=0.0, early_stop_patience=0, restore_best=False, class_weights=None, bf16=st.bf16,
-                      channels_last=st.bf16))
+                      channels_last=st.channels_last))
 
 
 def pseudo_labels(model: torch.nn.Module, unlabelled: torch.Tensor, like: ImageData, cfg: Config,

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mnistlab.config import load_config, resolve_recipe
 from mnistlab.data.dataset import ImageData, load_dataset
-from mnistlab.device import native_bf16, resolve_device
+from mnistlab.device import native_bf16, resolve_device, settle_bf16
 from mnistlab.distributed import default_threads
 from mnistlab.evaluate import predict_logits
 from mnistlab.runner import RunPlan, run_training
@@ -136,7 +136,7 @@ def run_recipe(recipe: str, seed: int, device: str, threads: int) -> dict[str, A
     return {"curve": curve, "train_seconds": result.summary["train_seconds"],
             "final_accuracy": result.summary["test_accuracy"], "epochs": result.summary["epochs"],
             "model": cfg.model.name, "tta": cfg.train.tta,
-            "bf16": cfg.train.bf16 and native_bf16(resolve_device(device)),  # as trained (settle_bf16)
+            "bf16": settle_bf16(cfg, resolve_device(device), quiet=True).train.bf16,  # as trained
             "accuracy_by_tta": evaluation_views(result.fit.model, splits, cfg.train.eval_batch_size)}
 
 

@@ -209,6 +209,41 @@ def test_the_recipe_trains_resumes_exactly_and_reads(synthetic_data, capsys, mon
     assert Image.open("boxed/s.read.png").size == Image.open("s.png").size
 
 
+def test_the_reader_keeps_and_resumes_its_ema(synthetic_data, monkeypatch, interrupt_after_checkpoint):
+    """With train.ema the reader validates and saves the averaged weights, not the live ones, and a
+    run interrupted after its first epoch resumes to the same averaged weights."""
+    from safetensors.torch import load_file
+
+    import mnistlab.read_train as rt
+    from mnistlab.checkpoint import load_checkpoint
+
+    args = ["train", "read-ctc", "train.epochs=2", "train.ema=0.9", "train.restore_best=false", "model.args.widths=[4,8,8]",
+            "model.args.hidden=8", "read.steps_per_epoch=3", "read.val_strings=2", "read.test_strings=2",
+            "read.workers=0", "train.batch_size=4", "--quiet"]
+    assert main([*args, "--out", "whole"]) == 0
+    saved = load_file("whole/model.safetensors")
+    ckpt = load_checkpoint(Path("whole"))
+    assert all(torch.equal(saved[k], ckpt["ema"][k].contiguous()) for k in saved)
+    assert any(not torch.equal(saved[k], ckpt["model"][k].contiguous()) for k in saved if saved[k].is_floating_point())
+
+    real = interrupt_after_checkpoint(rt, 1)
+    assert main([*args, "--out", "cut"]) != 0
+    monkeypatch.setattr(rt, "save_checkpoint", real)
+    assert main(["train", "--resume", "cut", "--quiet"]) == 0
+    resumed = load_file("cut/model.safetensors")
+    assert all(torch.equal(saved[k], resumed[k]) for k in saved)
+
+
+@pytest.mark.parametrize("setting", ["train.label_smoothing=0.1", "train.compile=true", "train.tta=true",
+                                     "data.augment.rotate=10", "train.early_stop_patience=2"])
+def test_a_read_run_refuses_settings_it_would_ignore(synthetic_data, capsys, setting):
+    assert main(["train", "read-ctc", setting, "--dry-run", "--out", "run"]) == 2
+    err = capsys.readouterr().err
+    key = setting.split("=")[0]
+    assert "task read does not use" in err and ("data.augment" if key.startswith("data.augment") else key) in err
+    assert not Path("run").exists()
+
+
 def test_read_json_schema_and_boxed_png_with_a_ctc_run(tmp_path, capsys):
     run = make_ctc_artifact(tmp_path / "ctc")
     img = tmp_path / "s.png"

@@ -8,7 +8,7 @@ see the same strings), each prepared the one way the reader prepares an image
 height). The strings are drawn in ``read.workers`` processes beside the training one.
 
 Validation reads strings of the validation digits each epoch (the best epoch's weights are
-kept); ``summary.json`` gives whole-string and per-character accuracy on 5-digit strings of the
+kept; with ``train.ema`` the moving average of the weights is what is validated, kept and saved); ``summary.json`` gives whole-string and per-character accuracy on 5-digit strings of the
 test digits at every overlap level. The run directory is what every run writes: config.yaml,
 model.safetensors + model.json (arch ``crnn``), metrics.jsonl, summary.json, checkpoint.pt
 (every epoch; ``--resume`` continues from the last one exactly).
@@ -30,11 +30,12 @@ from tqdm.auto import tqdm
 
 from mnistlab.artifact import ModelCard, Preprocess, library_versions, save_artifact
 from mnistlab.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from mnistlab.config import Config, save_run_config
+from mnistlab.config import Config, TrainConfig, save_run_config
 from mnistlab.data.images import ImageError
 from mnistlab.data.segment import StringImage
 from mnistlab.data.strings import LEVELS, edit_distance, make_string, training_string
 from mnistlab.device import resolve_device, settle_bf16
+from mnistlab.errors import ConfigError
 from mnistlab.models import count_params
 from mnistlab.models.crnn import CRNN, frames_for
 from mnistlab.models.ctc import greedy
@@ -42,10 +43,26 @@ from mnistlab.optim import Schedule, build_optimizer
 from mnistlab.runs import append_jsonl, new_run_dir, write_json
 from mnistlab.splits import make_splits
 from mnistlab.train import FitResult
+from mnistlab.train_state import EMA
 
 DRY_RUN_STEPS = 4  # steps per epoch under --dry-run
 DRY_RUN_STRINGS = 8  # validation and test strings under --dry-run
 EVAL_LENGTHS = list(range(3, 11))
+# train.* settings of image classification that this loop has no use for: set, they are refused, not ignored
+UNUSED_TRAIN = ("label_smoothing", "class_weights", "early_stop_patience", "compile", "tta", "checkpoint_every_steps")
+
+
+def refuse_unused(cfg: Config) -> None:
+    """A ConfigError naming every setting a read run would silently ignore (``UNUSED_TRAIN`` away
+    from its default, any ``data.augment``)."""
+    default = TrainConfig()
+    unused = [f"train.{k}" for k in UNUSED_TRAIN if getattr(cfg.train, k) != getattr(default, k)]
+    if cfg.data.augment.enabled:
+        unused.append("data.augment")
+    if unused:
+        raise ConfigError(f"task read does not use {', '.join(unused)}",
+                          hint="remove them: the training strings' variety is fixed by data/strings.py and the read.* "
+                               "settings, and the reader checkpoints at each epoch's end")
 
 
 def line_of(img: Image.Image, height: int) -> np.ndarray:
@@ -168,6 +185,7 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
                       quiet: bool = False, dry_run: bool = False) -> tuple[Path, dict[str, Any], FitResult]:
     """Train the sequence reader per ``cfg`` into a new run directory (or continue ``resume_dir``);
     returns (run directory, summary, fit result)."""
+    refuse_unused(cfg)
     device = resolve_device(cfg.device)
     cfg = settle_bf16(cfg, device, quiet=quiet)
     rc, tc = cfg.read, cfg.train
@@ -175,8 +193,6 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
     splits = make_splits(cfg, dry_run=dry_run, progress=not quiet)
     classes = list(splits.train.classes)
     if any(not c.isdigit() for c in classes):  # the string generator speaks digits
-        from mnistlab.errors import ConfigError
-
         raise ConfigError(f"task read trains on digit datasets; {cfg.data.dataset} has classes {' '.join(classes[:12])}",
                           hint="use data.dataset=mnist (or another digits dataset)")
     train_images, train_labels = splits.train.images[:, 0].numpy(), splits.train.labels.numpy()
@@ -192,6 +208,7 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     schedule = Schedule(optimizer, cfg.schedule, steps, tc.epochs)
     ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
+    ema = EMA(model, tc.ema) if tc.ema > 0 else None  # validated, kept and saved in place of the live weights
     run_dir = Path(resume_dir) if resume_dir is not None else new_run_dir(out, prefix="train")
     state = _State(history=[])
     if resume_dir is None:
@@ -201,6 +218,8 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         torch.set_rng_state(saved["torch_rng"])
         state = _State(saved["epoch"], saved["history"], saved["best_val"], saved["best_epoch"], saved["best_model"],
                        saved["seconds"])
@@ -225,20 +244,24 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = ctc_step(model, optimizer, ctc, x, b, bf16=tc.bf16, grad_clip=tc.grad_clip or 5.0)
+            if ema is not None:
+                ema.update(model, epoch * steps + step)
             losses.append(float(loss.detach()))
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.1e}", refresh=False)
-        val_string, val_char = string_accuracy(model, val_strings, classes, rc.height, device)
+        kept = ema.model if ema is not None else model
+        val_string, val_char = string_accuracy(kept, val_strings, classes, rc.height, device)
         state.seconds += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_string_acc": val_string,
                "val_char_acc": val_char, "lr": lr, "seconds": round(state.seconds, 1)}
         state.history.append(row)
         if val_string > state.best_val:
             state.best_val, state.best_epoch = val_string, epoch + 1
-            state.best_model = copy.deepcopy(model.state_dict())
+            state.best_model = copy.deepcopy(kept.state_dict())
         state.epoch = epoch + 1
         append_jsonl(run_dir / "metrics.jsonl", row)
-        save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_checkpoint(run_dir, {"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                                  "optimizer": optimizer.state_dict(),
                                   "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
                                   "epoch": state.epoch, "history": state.history, "best_val": state.best_val,
                                   "best_epoch": state.best_epoch, "best_model": state.best_model,
@@ -246,6 +269,8 @@ def run_read_training(cfg: Config, *, out: str | Path | None = None, resume_dir:
         if not quiet:
             print(f"epoch {epoch + 1}/{tc.epochs}  loss {row['train_loss']:.4f}  val string {val_string:.3f}  "
                   f"char {val_char:.3f}  lr {lr:.2e}  {state.seconds:.0f}s", flush=True)
+    if ema is not None:
+        model.load_state_dict(ema.state_dict())
     if tc.restore_best and state.best_model is not None:
         model.load_state_dict(state.best_model)
     summary = _finish(cfg, model, classes, splits, run_dir, state, device, n_test, quiet)

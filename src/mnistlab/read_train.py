@@ -8,7 +8,8 @@ see the same strings), each prepared the one way the reader prepares an image
 height). The strings are drawn in ``read.workers`` processes beside the training one.
 
 Validation reads strings of the validation digits each epoch (the best epoch's weights are
-kept; with ``train.ema`` the moving average of the weights is what is validated, kept and saved); ``summary.json`` gives whole-string and per-character accuracy on 5-digit strings of the
+kept; with ``train.ema`` the moving average of the weights is what is validated, kept and
+saved); ``summary.json`` gives whole-string and per-character accuracy on 5-digit strings of the
 test digits at every overlap level. The run directory is what every run writes: config.yaml,
 model.safetensors + model.json (arch ``crnn``), metrics.jsonl, summary.json, checkpoint.pt
 (every epoch; ``--resume`` continues from the last one exactly).

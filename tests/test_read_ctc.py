@@ -21,7 +21,7 @@ from mnistlab.config import load_config, resolve_recipe
 from mnistlab.data.segment import StringImage
 from mnistlab.data.strings import LEVELS, edit_distance, make_string, training_string
 from mnistlab.models.crnn import CRNN, STRIDE
-from mnistlab.models.ctc import confidences, exact_length, greedy
+from mnistlab.models.ctc import align, beam, confidences, decode, exact_length, greedy, spans_of
 from mnistlab.read_ctc import CtcReader, load_reader
 
 DIGITS = [str(i) for i in range(10)]
@@ -110,6 +110,37 @@ def test_exact_length_adds_or_merges_characters():
     assert [c for c, _, _ in exact_length(logp, list(range(10)), 2)[0]] in ([3, 7], [3, 3])
     assert exact_length(logp, list(range(10)), 9) is None  # 8 frames cannot hold 9 characters
     assert [c for c, _, _ in exact_length(logp, [3], 3)[0]] == [3, 3, 3]
+
+
+def test_beam_finds_the_likeliest_string_where_the_best_path_does_not():
+    """Two frames, each 0.6 blank and 0.4 '3': the best path is two blanks (0.36), but '3' has three
+    alignments ('3-', '-3', '33': 0.64), so the likeliest string is '3'."""
+    lp = np.full((2, 11), 1e-9)
+    lp[:, 0], lp[:, 4] = 0.6, 0.4
+    logp = np.log(lp)
+    assert greedy(logp, list(range(10)))[0] == []
+    spans, path = beam(logp, list(range(10)))
+    assert [c for c, _, _ in spans] == [3] and len(path) == 2
+    assert beam(logp, [5])[0] == []  # a charset without '3'
+
+
+def test_beam_reads_clear_frames_as_the_best_path_does():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        path = rng.integers(0, 11, size=int(rng.integers(1, 30)))
+        logp = frames(path.tolist(), p=0.98)
+        assert beam(logp, list(range(10)))[0] == greedy(logp, list(range(10)))[0]
+    assert decode(frames([0, 4, 0, 6, 0]), list(range(10))) == [(3, 1, 1), (5, 3, 3)]
+    assert len(decode(frames([0, 4, 0, 6, 0]), list(range(10)), expect_length=3)) == 3  # the length given wins
+
+
+def test_align_reads_exactly_the_labels():
+    logp = frames([0, 4, 4, 0, 4, 0, 8, 8])
+    for labels in ([3, 3, 7], [3, 7], [7], [3, 3, 3, 7], []):
+        path = align(logp, labels)
+        assert [c for c, _, _ in spans_of(path)] == labels and len(path) == len(logp)
+    assert align(logp, [3, 3, 7])[1:3].tolist() == [4, 4]  # the frames that carry it
+    assert not align(frames([4, 4]), [3, 3]).any()  # a repeat needs a blank between: 2 frames cannot
 
 
 @pytest.mark.parametrize("width", [8, 37, 160])

@@ -3,8 +3,8 @@
 ``CtcReader`` prepares an image the one way its model was trained on
 (``StringImage.from_image(img).line(height)``: cleaned, upright, ink white on black, a fixed
 height, the width following), runs the ``crnn`` over it and decodes the frames (``models.ctc``):
-best path over the allowed characters, or with ``expect_length`` the best path holding exactly
-that many. A character's confidence is the highest probability its class has over its frames;
+the likeliest string of allowed characters (prefix beam search, which sums each string's
+alignments), or with ``expect_length`` the best path holding exactly that many. A character's confidence is the highest probability its class has over its frames;
 the string's is the product. Its box is the ink between the midpoints to its neighbours' frames,
 mapped back to the input image's pixels.
 
@@ -26,7 +26,7 @@ from mnistlab.data.images import ImageSource
 from mnistlab.data.segment import StringImage
 from mnistlab.errors import ModelError
 from mnistlab.models.crnn import ARCH, STRIDE, build_crnn
-from mnistlab.models.ctc import Span, confidences, exact_length, greedy
+from mnistlab.models.ctc import Span, confidences, decode
 from mnistlab.predict import is_onnx_file, load_predictor
 from mnistlab.read import CharReading, Reading, StringReader, open_string_image, resolve_charset
 
@@ -63,8 +63,7 @@ class CtcReader:
         work = StringImage.from_image(img, label=label)
         line = work.line(self.height)
         logp = self.frames(line.pixels)
-        decoded = exact_length(logp, self.allowed, expect_length) if expect_length is not None else None
-        spans, _ = decoded if decoded is not None else greedy(logp, self.allowed)
+        spans = decode(logp, self.allowed, expect_length)
         confs = confidences(logp, spans)
         chars = []
         for k, ((c, _, _), conf) in enumerate(zip(spans, confs, strict=True)):

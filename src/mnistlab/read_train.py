@@ -39,7 +39,7 @@ from mnistlab.device import resolve_device, settle_bf16
 from mnistlab.errors import ConfigError
 from mnistlab.models import count_params
 from mnistlab.models.crnn import CRNN, frames_for
-from mnistlab.models.ctc import greedy
+from mnistlab.models.ctc import decode, greedy
 from mnistlab.optim import Schedule, build_optimizer
 from mnistlab.runs import append_jsonl, new_run_dir, write_json
 from mnistlab.splits import make_splits
@@ -145,13 +145,15 @@ def frame_logprobs(model: CRNN, lines: list[np.ndarray], device: torch.device, b
 
 
 def string_accuracy(model: CRNN, strings: list[tuple[Image.Image, str]], classes: list[str], height: int,
-                    device: torch.device) -> tuple[float, float]:
-    """(whole-string accuracy, per-character accuracy = 1 - edit distance / length) by greedy decoding."""
+                    device: torch.device, *, as_read: bool = False) -> tuple[float, float]:
+    """(whole-string accuracy, per-character accuracy = 1 - edit distance / length), decoded by best
+    path (fast, each epoch's validation) or, ``as_read``, as ``mnistlab read`` decodes (the test strings)."""
     lines = [line_of(img, height) for img, _ in strings]
     allowed = list(range(len(classes)))
     right, chars, total = 0, 0, 0
     for logp, (_, truth) in zip(frame_logprobs(model, lines, device), strings, strict=True):
-        got = "".join(classes[c] for c, _, _ in greedy(logp, allowed)[0])
+        spans = decode(logp, allowed) if as_read else greedy(logp, allowed)[0]
+        got = "".join(classes[c] for c, _, _ in spans)
         right += got == truth
         chars += max(0, len(truth) - edit_distance(got, truth))
         total += len(truth)
@@ -285,7 +287,7 @@ def _finish(cfg: Config, model: CRNN, classes: list[str], splits, run_dir: Path,
     test_string = test_char = None
     if splits.test is not None:
         test = eval_strings(splits.test.images[:, 0].numpy(), splits.test.labels.numpy(), n_test, [cfg.seed, 2], [5])
-        test_string, test_char = string_accuracy(model, test, classes, cfg.read.height, device)
+        test_string, test_char = string_accuracy(model, test, classes, cfg.read.height, device, as_read=True)
     summary: dict[str, Any] = {
         "test_accuracy": test_string,  # whole 5-digit strings of test digits, every overlap level
         "test_char_accuracy": test_char,

@@ -4,8 +4,8 @@
 (``StringImage.from_image(img).line(height)``: cleaned, upright, ink white on black, a fixed
 height, the width following), runs the ``crnn`` over it and decodes the frames (``models.ctc``):
 the likeliest string of allowed characters (prefix beam search, which sums each string's
-alignments), or with ``expect_length`` the best path holding exactly that many. A character's confidence is the highest probability its class has over its frames;
-the string's is the product. Its box is the ink between the midpoints to its neighbours' frames,
+alignments), or with ``expect_length`` the best path holding exactly that many. A character's
+confidence is the highest probability its class has over its frames; the string's is the product. Its box is the ink between the midpoints to its neighbours' frames,
 mapped back to the input image's pixels.
 
 ``load_reader`` picks the reader a model was trained for: this one for a ``crnn`` run

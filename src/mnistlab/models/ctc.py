@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 Span = tuple[int, int, int]  # (character index, first frame, last frame), frames inclusive
+BEAM_WIDTH = 8  # prefixes kept a frame; 4 and 16 read the same validation strings (benchmarks/README.md)
+_NEGLIGIBLE = -12.0  # log-probability below which a character is not tried at a frame (6e-6)
 
 
 def restrict(logp: np.ndarray, allowed: list[int]) -> np.ndarray:
@@ -77,9 +79,6 @@ def prefixes(logp: np.ndarray, allowed: list[int], width: int = 16) -> list[tupl
         ranked = sorted(nxt.items(), key=lambda kv: -np.logaddexp(*kv[1]))[:width]
         beams = {k: (v[0], v[1]) for k, v in ranked}
     return [(k, float(np.logaddexp(*v))) for k, v in beams.items()]
-
-
-_NEGLIGIBLE = -12.0  # log-probability below which a character is not tried at a frame (6e-6)
 
 
 def _add(beams: dict[tuple[int, ...], list[float]], prefix: tuple[int, ...], pb: float, pn: float) -> None:
@@ -168,9 +167,6 @@ def exact_length(logp: np.ndarray, allowed: list[int], n: int) -> tuple[list[Spa
             k, s = back[t, k, s]
     path = np.where(states > 0, np.asarray([0, *[a + 1 for a in allowed]])[states], 0)
     return spans_of(path), path  # the states never enter a repeat without a blank, so spans are the n characters
-
-
-BEAM_WIDTH = 8  # prefixes kept a frame; 4 and 16 read the same validation strings (benchmarks/README.md)
 
 
 def decode(logp: np.ndarray, allowed: list[int], expect_length: int | None = None) -> list[Span]:

@@ -117,8 +117,9 @@ def test_describe_failure_blames_the_rank_that_failed_not_its_peers(tmp_path):
     assert describe_failure({0: failure(0, 2), 1: failure(1, 2, "error: unknown config key 'x'\n")}, tmp_path) == (2, None)
 
 
-def test_two_gloo_processes_train_the_same_weights_as_one(synthetic_data, tmp_path):
-    overrides = [*RECIPE, "train.epochs=2"]
+@pytest.mark.parametrize("extra", [[], ["train.freeze_out=[0.3,0.6]"]], ids=["plain", "freeze-out"])
+def test_two_gloo_processes_train_the_same_weights_as_one(synthetic_data, tmp_path, extra):
+    overrides = [*RECIPE, "train.epochs=2", *extra]  # freeze-out: DDP is rebuilt over what still trains
     two = _launch(tmp_path, "-m", "mnistlab", "train", *overrides, "--out", "two", "--nproc", "2", "--quiet")
     assert two.returncode == 0, two.stderr[-2000:]
     one = run_training(load_config(resolve_recipe(None), overrides), out="one", quiet=True)

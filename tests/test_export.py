@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -62,7 +63,8 @@ def test_onnx_matches_eager_for_any_batch_size():
 
 
 def test_the_default_recipes_network_exports_with_parity(tmp_path):
-    """fastcnn with the default recipe's knobs (stride-2 stem, pool before BatchNorm) in the ONNX graph."""
+    """fastcnn with the default recipe's knobs (stride-2 stem, pool before BatchNorm) and its contrast stretch
+    in the ONNX graph (the graph selects the paper's quantiles by topk, eager PyTorch by kthvalue)."""
     from mnistlab.config import load_config, resolve_recipe
     from mnistlab.export import export_onnx
     from mnistlab.models import create_model
@@ -77,6 +79,8 @@ def test_the_default_recipes_network_exports_with_parity(tmp_path):
     artifact = make_artifact(tmp_path / "art", arch="fastcnn")
     _, card = load_artifact(artifact)
     card.arch_args = dict(model.arch_args)
+    card.preprocess = replace(card.preprocess, autocontrast=cfg.data.autocontrast)
+    assert card.preprocess.autocontrast
     path = export_onnx(model, card, tmp_path / "fast.onnx")
     parity = check_parity(model, card, path, "onnx", random_pixels(300), None, "random")
     assert parity.same_predictions == 1.0 and parity.max_logit_diff <= 1e-4 and parity.images == 300

@@ -179,6 +179,32 @@ def test_fastcnn_speed_knobs_keep_shapes_and_reorder_layers() -> None:
                                                             "BatchNorm2d", "ReLU"]
 
 
+def test_fastcnn_dct_stem_is_a_fixed_filter_bank_that_never_trains() -> None:
+    from mnistlab.models.fastcnn import dct_filters
+
+    bank = dct_filters(8).flatten(1)
+    torch.testing.assert_close(bank @ bank.T, torch.eye(8))  # orthonormal
+    torch.testing.assert_close(bank[0], torch.full((9,), 1 / 3))  # the first is the mean
+    model = create_model("fastcnn", strided_stem=True, pool_first=True, dct_stem=True)
+    stem = model.body.stage1
+    torch.testing.assert_close(stem[0].weight.flatten(1), torch.cat([bank, -bank]))
+    assert not any(p.requires_grad for p in stem.parameters())
+    assert count_params(model, trainable_only=True) == 29_178 - 16 * 9 - 2 * 16
+    before = {k: v.clone() for k, v in stem.state_dict().items()}
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    model(batch()).sum().backward()
+    optim.step()
+    assert stem[0].weight.grad is None and torch.equal(stem[0].weight, before["0.weight"])
+    assert not torch.equal(stem[1].running_mean, before["1.running_mean"])  # BatchNorm still normalises by batch
+    rebuilt = create_model("fastcnn", **model.arch_args)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert rebuilt.arch_args["dct_stem"] and not any(p.requires_grad for p in rebuilt.body.stage1.parameters())
+    assert dct_filters(20, in_channels=3).shape == (20, 3, 3, 3)
+    with pytest.raises(ModelError, match="dct_stem needs an even first width of at most 18"):
+        create_model("fastcnn", widths=[32, 64], dct_stem=True)
+
+
 def test_count_params_trainable_only() -> None:
     model = create_model("cnn")
     for block in model.blocks():

@@ -12,8 +12,12 @@ from safetensors.torch import load_file
 from mnistlab.artifact import load_artifact
 from mnistlab.cli.main import main
 from mnistlab.config import load_config, resolve_recipe, shipped_recipes, started_dry
+from mnistlab.data.dataset import load_dataset
+from mnistlab.errors import ConfigError
 from mnistlab.evaluate import predict_logits
+from mnistlab.models import create_model
 from mnistlab.runner import run_training
+from mnistlab.train import fit
 
 FAST = ["model.name=cnn", "train.epochs=2", "train.batch_size=64", "data.val_size=200", "optim.lr=0.003",
         "train.eval_batch_size=500"]
@@ -102,8 +106,37 @@ def test_ema_is_warmed_up_so_a_short_run_is_not_its_initialisation(synthetic_dat
     assert all(row["val_acc"] > 0.5 for row in result.fit.history)
 
 
+def test_freeze_out_stops_each_block_at_its_point_and_gives_it_back(synthetic_data):
+    cfg = load_config(None, FAST + ["model.name=fastcnn", "train.freeze_out=[0,0.5]"])
+    torch.manual_seed(0)
+    model = create_model("fastcnn")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    data = load_dataset("mnist", "train").subset(torch.arange(512))
+    after_epoch: list[dict[str, torch.Tensor]] = []
+
+    def look(row):
+        after_epoch.append({k: v.clone() for k, v in model.state_dict().items()})
+        after_epoch[-1]["stage2 trains"] = torch.tensor([p.requires_grad for p in model.body.stage2.parameters()])
+
+    fit(cfg, model, data, None, device=torch.device("cpu"), quiet=True, epoch_callback=look)
+    first, last = after_epoch
+    assert torch.equal(last["body.stage1.0.weight"], start["body.stage1.0.weight"])  # frozen from step 0
+    assert not torch.equal(last["body.stage1.1.running_mean"], start["body.stage1.1.running_mean"])  # still normalises by batch
+    assert not torch.equal(first["body.stage2.0.weight"], start["body.stage2.0.weight"])  # trained in the first half
+    assert torch.equal(last["body.stage2.0.weight"], first["body.stage2.0.weight"])  # and not after
+    assert first["stage2 trains"].all() and not last["stage2 trains"].any()
+    assert not torch.equal(last["body.stage3.0.weight"], first["body.stage3.0.weight"])
+    assert all(p.requires_grad for p in model.parameters())  # given back after training
+    for bad, match in (("[1.5]", "must be in"), ("[0.6,0.3]", "must rise"), ("[0.1,0.2,0.3,0.4]", "at most one fraction")):
+        with pytest.raises(ConfigError, match=match):
+            fit(load_config(None, FAST + ["model.name=fastcnn", f"train.freeze_out={bad}"]), model, data, None,
+                device=torch.device("cpu"), quiet=True)
+
+
 @pytest.mark.parametrize("extra", [[], ["data.augment.rotate=10", "data.augment.translate=0.1", "train.ema=0.9",
-                                        "model.args.dropout=0.2", "schedule.name=plateau"]])
+                                        "model.args.dropout=0.2", "schedule.name=plateau"],
+                                   ["model.name=fastcnn", "train.freeze_out=[0.2,0.5]"]],
+                         ids=["plain", "augment-ema-dropout-plateau", "freeze-out"])
 def test_resume_gives_the_same_final_weights(synthetic_data, extra):
     cfg = load_config(None, FAST + ["train.epochs=3"] + extra)
     run_training(cfg, out="full", quiet=True)

@@ -120,6 +120,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
     threads: int | None = None  # torch intra-op threads; None = number of cores
+    freeze_out: list[float] = field(default_factory=list)  # block i (from the input) stops training after this fraction of the steps; [] = never
     tta: bool = False  # test-time augmentation at evaluation: small shifts, and mirror images if augment.hflip > 0
     sync_batchnorm: bool = True  # under data-parallel training
     checkpoint_every_steps: int = 0  # also checkpoint within an epoch every N optimizer steps; 0 = only at epoch ends
@@ -387,7 +388,7 @@ RANGES: dict[str, Range] = {
     "ScheduleConfig.min_lr": PROBABILITY, "ScheduleConfig.step_epochs": Range(1), "ScheduleConfig.gamma": POSITIVE,
     "TrainConfig.epochs": Range(1), "TrainConfig.batch_size": Range(1), "TrainConfig.eval_batch_size": Range(1),
     "TrainConfig.label_smoothing": FRACTION, "TrainConfig.grad_clip": POSITIVE, "TrainConfig.ema": FRACTION,
-    "TrainConfig.threads": Range(1),
+    "TrainConfig.threads": Range(1), "TrainConfig.freeze_out": FRACTION,
     "SmallDataConfig.steps": Range(1), "SmallDataConfig.batch_size": Range(1), "SmallDataConfig.val_size": FRACTION,
     "SmallDataConfig.patience": PROBABILITY,
     "FinetuneConfig.shots": Range(1), "FinetuneConfig.layer_lr_decay": POSITIVE, "FinetuneConfig.lora_rank": Range(1),

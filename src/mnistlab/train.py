@@ -86,6 +86,7 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
     if resume:
         log.restart(state.history)  # rows a kill left past the checkpoint are trained again
     saver = _Checkpoints(tc, enabled=main and run_dir is not None, within_epochs=world_size == 1)
+    freezer = FreezeOut(placed.base, tc.freeze_out, steps * tc.epochs)
     stopped_early = False
     for epoch in range(state.epoch, tc.epochs):
         if state.tracker.bad_epochs >= tc.early_stop_patience > 0:
@@ -114,6 +115,8 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx]
+            if freezer.update(state.step):
+                placed.rewrap(tc, device)
             lr = state.schedule.set_step(state.step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
                 logits = placed.run(x)
@@ -147,6 +150,7 @@ def fit(cfg: Config, model: torch.nn.Module, train_data: ImageData, val_data: Im
         if epoch_callback is not None:
             epoch_callback(row)
     log.close()
+    freezer.release()
     history = state.history
     return FitResult(state.final_weights(tc.restore_best), history, state.elapsed, len(history),
                      state.tracker.best_epoch or len(history), stopped_early)
@@ -164,6 +168,47 @@ def epoch_draws(seed: int, epoch: int, rank: int, n: int, device: torch.device) 
     torch.manual_seed(noise)  # dropout and anything else drawing from the global generator
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
     return perm, torch.Generator(device=device).manual_seed(noise + 1)
+
+
+class FreezeOut:
+    """``train.freeze_out``: the model's i-th block from the input stops training after a fraction f_i of the steps.
+
+    The first layers settle first (FreezeOut, Brock et al. 2017), and a frozen prefix of blocks
+    needs no backward pass: no weight gradients for its convolutions, and none for the input of
+    the block above it, so each step after a freezing point is cheaper. A frozen block's
+    BatchNorm keeps normalising by batch, as in the rest of training. Which blocks are frozen
+    follows from the step alone, so a resumed run freezes them at the same steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, fractions: list[float], total_steps: int) -> None:
+        self.blocks: list[torch.nn.Module] = []
+        self.points: list[int] = []
+        self.frozen = 0
+        self.stopped: list[torch.nn.Parameter] = []  # what this turned off (a block may hold frozen weights already)
+        if not fractions:
+            return
+        blocks = model.blocks() if hasattr(model, "blocks") else []
+        if len(fractions) > len(blocks) or list(fractions) != sorted(fractions):
+            raise ConfigError(f"train.freeze_out must rise and have at most one fraction per block ({len(blocks)} here), "
+                              f"got {list(fractions)}", hint="e.g. train.freeze_out=[0.5,0.75] freezes the first two blocks")
+        self.blocks, self.points = blocks, [int(f * total_steps) for f in fractions]
+
+    def update(self, step: int) -> bool:
+        """Freeze every block whose point ``step`` has reached; True when this froze one."""
+        froze = False
+        while self.frozen < len(self.points) and step >= self.points[self.frozen]:
+            for p in self.blocks[self.frozen].parameters():
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    self.stopped.append(p)
+            self.frozen, froze = self.frozen + 1, True
+        return froze
+
+    def release(self) -> None:
+        """After training: what this froze trains again (as a fine-tune of the weights expects)."""
+        for p in self.stopped:
+            p.requires_grad_(True)
+        self.stopped, self.frozen = [], 0
 
 
 class _Checkpoints:
@@ -216,6 +261,15 @@ class PlacedModel:
     ddp_managed: set[int]  # ids of the parameters DDP averages
     world_size: int
 
+    def rewrap(self, tc: TrainConfig, device: torch.device) -> None:
+        """After parameters stopped training: a new DDP wrapper over those that still do (every rank at the same step).
+
+        DDP's reducer waits for a gradient of every parameter it was given, so it cannot skip frozen ones.
+        """
+        if self.world_size > 1:
+            self.run = _wrap(self.base, tc, device, self.world_size)
+            self.ddp_managed = {id(p) for p in self.base.parameters() if p.requires_grad}
+
     def average_late_grads(self) -> None:
         """Average the gradients DDP does not: parameters unfrozen after wrapping (gradual unfreezing)."""
         if self.world_size > 1:
@@ -228,14 +282,19 @@ def place_model(model: torch.nn.Module, tc: TrainConfig, device: torch.device, w
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     base = model
-    if world_size > 1:
-        if tc.sync_batchnorm and device.type == "cuda" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in base.modules()):
-            base = torch.nn.SyncBatchNorm.convert_sync_batchnorm(base)
-        model = torch.nn.parallel.DistributedDataParallel(base, device_ids=[device.index] if device.type == "cuda" else None)
+    if world_size > 1 and tc.sync_batchnorm and device.type == "cuda" and any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in base.modules()):
+        base = torch.nn.SyncBatchNorm.convert_sync_batchnorm(base)
     ddp_managed = {id(p) for p in base.parameters() if p.requires_grad}
-    if tc.compile:
-        model = torch.compile(model)
-    return PlacedModel(base, model, ddp_managed, world_size)
+    return PlacedModel(base, _wrap(base, tc, device, world_size), ddp_managed, world_size)
+
+
+def _wrap(base: torch.nn.Module, tc: TrainConfig, device: torch.device, world_size: int) -> torch.nn.Module:
+    """What a step calls: ``base`` in DDP under several processes, compiled if asked."""
+    model = base
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(base, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if tc.compile else model
 
 
 def _batching(n: int, batch_size: int, world_size: int, max_steps: int | None) -> tuple[int, int, int]:

@@ -1,9 +1,11 @@
 """Self-training probe (issue 16): a teacher fine-tuned on 10 labels per class, then rounds of TTA pseudo-labels on the
 unlabelled training images and a fresh fastcnn trained on them plus the labelled images (x20). Scored on 5,000 held-out
 TRAINING images (labels read only to score); the test set is not read.
-Usage: python benchmarks/results/self_training_probe.py SEED MODE ROUNDS EPOCHS [DATASET [HFLIP]]
+Usage: python benchmarks/results/self_training_probe.py SEED MODE ROUNDS EPOCHS [DATASET [HFLIP [TEACHERS]]]
 MODE "all" labels every unlabelled image each round; a number q keeps, in round r, the (r + 1) * q most confident
 fraction of each predicted class (curriculum). HFLIP: mirror probability in the teacher's and the rounds' augmentation.
+TEACHERS: how many teachers (fresh models of their own seeds, the same labelled images) whose mean TTA softmax gives
+round 0's pseudo-labels; later rounds learn from the last student alone.
 """
 import sys
 import tempfile
@@ -30,6 +32,7 @@ rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 epochs = int(sys.argv[4]) if len(sys.argv) > 4 else 3
 dataset = sys.argv[5] if len(sys.argv) > 5 else "mnist"
 hflip = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
+teachers = int(sys.argv[7]) if len(sys.argv) > 7 else 1
 torch.set_num_threads(2)
 work = Path(tempfile.mkdtemp())
 train = load_dataset(dataset, "train", progress=False)
@@ -41,24 +44,34 @@ g = torch.Generator().manual_seed(1234)
 perm = torch.randperm(len(rest), generator=g)
 held, pool = rest.subset(perm[:5000]), rest.subset(perm[5000:])
 t0 = time.time()
-parent = fresh_parent(work / "fresh", "fastcnn", seed, mean=train.mean, std=train.std)
-cfg = load_config(resolve_recipe("finetune-few-labels"), [f"seed={seed}", f"data.dataset={dataset}", f"finetune.parent={parent}",
-      "finetune.shots=10", "finetune.steps=1500", "train.threads=2", f"data.augment.hflip={hflip}"])
-res = finetune(cfg, out=work / "teacher", quiet=True)
-model, card = load_artifact(work / "teacher")
+models = []
+for k in range(teachers):  # teacher k: a fresh model initialised with seed + 1000 k; the same labelled images (cfg.seed draws them)
+    init = seed + 1000 * k
+    parent = fresh_parent(work / f"fresh{k}", "fastcnn", init, dataset)
+    cfg = load_config(resolve_recipe("finetune-few-labels"), [f"seed={seed}", f"data.dataset={dataset}", f"finetune.parent={parent}",
+          "finetune.shots=10", "finetune.steps=1500", "train.threads=2", f"data.augment.hflip={hflip}"])
+    finetune(cfg, out=work / f"teacher{k}", quiet=True)
+    models.append(load_artifact(work / f"teacher{k}"))
+model, card = models[0]
 pp = card.preprocess
 def logits_of(m, imgs, tta=False):
     return predict_logits(m, imgs, mean=pp.mean, std=pp.std, autocontrast=pp.autocontrast, tta=tta, bf16=True, channels_last=True)
 def acc(m, tta=False):  # TTA over shifts (no mirror images)
     return (logits_of(m, held.images, tta).argmax(1) == held.labels).float().mean().item()
-print(f"teacher held {acc(model):.4f} secs {time.time()-t0:.0f}", flush=True)
+def ensemble_logits(imgs):  # log of the teachers' mean TTA softmax
+    return torch.stack([F.softmax(logits_of(m, imgs, tta=True), 1) for m, _ in models]).mean(0).log()
+for k, (m, _) in enumerate(models):
+    print(f"teacher {k} held {acc(m):.4f}", flush=True)
+if teachers > 1:
+    print(f"ensemble of {teachers} held {(ensemble_logits(held.images).argmax(1) == held.labels).float().mean().item():.4f}", flush=True)
+print(f"teachers secs {time.time()-t0:.0f}", flush=True)
 scfg = load_config(resolve_recipe("mnist-fast"), [f"seed={seed}", f"train.epochs={epochs}", "train.threads=2",
      "data.augment.rotate=10", "data.augment.translate=0.1", "data.augment.scale=0.1", "data.augment.shear=5",
      "train.label_smoothing=0.1", f"data.augment.hflip={hflip}"])
 teacher = model
 for r in range(rounds):
     with torch.no_grad():
-        lg = logits_of(teacher, pool.images, tta=True)
+        lg = ensemble_logits(pool.images) if r == 0 and teachers > 1 else logits_of(teacher, pool.images, tta=True)
     conf, pl = F.softmax(lg, 1).max(1)
     if mode == "all":
         sel = torch.ones(len(pl), dtype=torch.bool)

@@ -54,10 +54,29 @@ def render_digit(font: Path, digit: str, rng: np.random.Generator) -> Image.Imag
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), mode="L")
 
 
-def build(root: Path, per_font: int, shots: int, seed: int) -> tuple[int, int]:
-    """Write root/train/<digit>/ (``shots`` per class) and root/test/<digit>/ (the rest)."""
+def save(image: Image.Image, root: Path, split: str, digit: str, name: str) -> None:
+    """Write ``image`` as root/<split>/<digit>/<name>.png, atomically (a proxy's folder tree)."""
     from mnistlab.fileio import atomic_path
 
+    folder = root / split / digit
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / f"{name}.png") as tmp:
+        image.save(tmp, format="PNG")
+
+
+def build_parser(doc: str | None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command line of a proxy script: the parser and its ``build ROOT [--shots K] [--seed S]`` command."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="write the proxy folder tree")
+    b.add_argument("root", type=Path)
+    b.add_argument("--shots", type=int, default=10, help="images per class in train/")
+    b.add_argument("--seed", type=int, default=0)
+    return p, b
+
+
+def build(root: Path, per_font: int, shots: int, seed: int) -> tuple[int, int]:
+    """Write root/train/<digit>/ (``shots`` per class) and root/test/<digit>/ (the rest)."""
     rng = np.random.default_rng(seed)
     counts = [0, 0]
     for digit in "0123456789":
@@ -65,22 +84,14 @@ def build(root: Path, per_font: int, shots: int, seed: int) -> tuple[int, int]:
         chosen = set(rng.choice(len(items), size=shots, replace=False).tolist())
         for i, (font, k) in enumerate(items):
             split = "train" if i in chosen else "test"
-            folder = root / split / digit
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(folder / f"{font.stem}-{k}.png") as tmp:
-                render_digit(font, digit, rng).save(tmp, format="PNG")
+            save(render_digit(font, digit, rng), root, split, digit, f"{font.stem}-{k}")
             counts[split == "test"] += 1
     return counts[0], counts[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="write the proxy folder tree")
-    b.add_argument("root", type=Path)
+    p, b = build_parser(__doc__)
     b.add_argument("--per-font", type=int, default=6, help="images per font and digit")
-    b.add_argument("--shots", type=int, default=10, help="images per class in train/")
-    b.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     n_train, n_test = build(args.root, args.per_font, args.shots, args.seed)
     print(f"{args.root}: {len(fonts())} fonts, train/ {n_train} images, test/ {n_test} images")

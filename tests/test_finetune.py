@@ -220,6 +220,8 @@ def test_flags_override_the_recipe_and_overrides_may_follow_flags(parent, capsys
     (["--dataset", "fashion-mnist", "--shots", "100000"], ["fewer than 100000"]),
     (["--dataset", "folder:no/such/folder"], ["no/such/folder"]),
     (["--dataset", "mnist", "finetune.lora_rankk=2"], ["finetune.lora_rankk", "finetune.lora_rank"]),
+    (["--dataset", "mnist", "--strategy", "partial", "finetune.gradual_unfreeze=1", "train.freeze_out=[0.5]"],
+     ["train.freeze_out", "finetune.gradual_unfreeze", "undo each other"]),
 ])
 def test_errors_are_one_clear_line(parent, capsys, argv, words):
     code, _, err = _cli(capsys, "finetune", str(parent), *argv, "--out", "ft", "--quiet")

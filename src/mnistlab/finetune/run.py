@@ -264,6 +264,9 @@ def finetune(cfg: Config, *, out: str | Path | None = None, resume_dir: str | Pa
         raise ConfigError(f"unknown finetune.semi.method '{ft.semi.method}'", hint=f"choose one of: {', '.join(SEMI_METHODS)}")
     if ft.merge and ft.strategy != "lora":
         raise ConfigError("--merge folds LoRA adapters into the weights", hint="use it with --strategy lora")
+    if cfg.train.freeze_out and ft.gradual_unfreeze > 0 and ft.strategy in ("full", "partial"):
+        raise ConfigError("train.freeze_out and finetune.gradual_unfreeze both decide which blocks train, and would "
+                          "undo each other", hint="use one of them: train.freeze_out=[] or finetune.gradual_unfreeze=0")
     parent = load_parent(ft.parent)
     cfg = replace(cfg, model=replace(cfg.model, name=parent.card.arch, args=recipe_args(parent.card.arch_args)),
                   data=replace(cfg.data, autocontrast=parent.card.preprocess.autocontrast))  # the backbone's own input

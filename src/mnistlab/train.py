@@ -268,7 +268,7 @@ class PlacedModel:
         """
         if self.world_size > 1:
             self.run = _wrap(self.base, tc, device, self.world_size)
-            self.ddp_managed = {id(p) for p in self.base.parameters() if p.requires_grad}
+            self.ddp_managed = _trained_ids(self.base)
 
     def average_late_grads(self) -> None:
         """Average the gradients DDP does not: parameters unfrozen after wrapping (gradual unfreezing)."""
@@ -285,8 +285,12 @@ def place_model(model: torch.nn.Module, tc: TrainConfig, device: torch.device, w
     if world_size > 1 and tc.sync_batchnorm and device.type == "cuda" and any(
             isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in base.modules()):
         base = torch.nn.SyncBatchNorm.convert_sync_batchnorm(base)
-    ddp_managed = {id(p) for p in base.parameters() if p.requires_grad}
-    return PlacedModel(base, _wrap(base, tc, device, world_size), ddp_managed, world_size)
+    return PlacedModel(base, _wrap(base, tc, device, world_size), _trained_ids(base), world_size)
+
+
+def _trained_ids(base: torch.nn.Module) -> set[int]:
+    """Ids of the parameters that train now: those a DDP wrapper made now averages."""
+    return {id(p) for p in base.parameters() if p.requires_grad}
 
 
 def _wrap(base: torch.nn.Module, tc: TrainConfig, device: torch.device, world_size: int) -> torch.nn.Module:
